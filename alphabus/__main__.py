@@ -1,0 +1,5 @@
+import sys
+
+from alphabus.cli import main
+
+sys.exit(main())

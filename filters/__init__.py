@@ -1,0 +1,1 @@
+"""Built-in filter plugins: ``signal(df, param, column)``, the article's contract."""

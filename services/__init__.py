@@ -1,0 +1,1 @@
+"""The four alphabus services, one package each: market, factor, position, recorder."""

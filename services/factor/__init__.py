@@ -1,0 +1,1 @@
+"""Factor service: computes the configured factor and filters for the symbols of its shard."""

@@ -1,0 +1,167 @@
+"""Factor service main loop.
+
+Role: SUB connected to the market (``round`` and its shard's ``candle.<bucket>.``
+prefixes, so the publisher filters), XPUB connected to the position service's
+bound SUB. It subscribes upstream only once the position service's
+subscription has reached it, so no result is computed for nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import zmq
+
+from services.factor.compute import Skipped, factor_row
+from shared import bus
+from shared.clock import parse_interval
+from shared.config import SelectorConfig
+from shared.messages import BadMessage, Candles, Envelope, FactorResults, RoundClosed, Skip, recv
+from shared.plugins import build_calculators
+from shared.service import HeartbeatTimer, StopFlag
+from shared.tables import frame_to_ipc
+
+log = logging.getLogger("factor")
+BATCH = 64
+
+
+class RoundTally:
+    """Per-round counts for the one summary line a round gets."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.skipped: dict[str, int] = defaultdict(int)
+        self.compute_ms = 0.0
+
+
+class FactorWorker:
+    def __init__(self, cfg: SelectorConfig, workdir: Path, shard: bus.Shard,
+                 sub: zmq.Socket, out: zmq.Socket, stop: StopFlag):
+        self.cfg = cfg
+        self.shard = shard
+        self.interval = parse_interval(cfg.interval)
+        self.calculators = build_calculators(cfg.factor, cfg.filters, workdir)
+        self.sub, self.out, self.stop = sub, out, stop
+        self.pub = bus.Publisher(out, bus.identity(f"factor-{shard.label}"))
+        self.heartbeat = HeartbeatTimer(self.pub, "factor")
+        self.sequence = bus.SequenceCheck()
+        self.subscribed = False
+        self.bad_messages = 0
+        self.tallies: dict[datetime, RoundTally] = defaultdict(RoundTally)
+        self.last_run_time: datetime | None = None
+
+    def _on_downstream(self) -> None:
+        while True:
+            try:
+                self.out.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        if not self.subscribed:
+            for prefix in [bus.ROUND, *self.shard.candle_prefixes()]:
+                self.sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
+            self.subscribed = True
+            log.info("position service is listening; subscribed to shard %s (%d candle prefixes)",
+                     self.shard, len(self.shard.candle_prefixes()))
+
+    def _drain(self) -> list[Envelope]:
+        batch: list[Envelope] = []
+        while len(batch) < BATCH:
+            try:
+                env = recv(self.sub) if self.sub.poll(0) else None
+            except BadMessage as e:
+                self.bad_messages += 1
+                log.warning("dropped a bad message from the market socket: %s", e)
+                continue
+            if env is None:
+                break
+            if self.sequence.accept(env):
+                batch.append(env)
+        return batch
+
+    def _compute(self, candles: list[Envelope]) -> None:
+        by_round: dict[datetime, list[Envelope]] = defaultdict(list)
+        for env in candles:
+            by_round[env.body.run_time].append(env)
+        for run_time, envs in by_round.items():
+            t0 = time.perf_counter()
+            rows: list[pd.DataFrame] = []
+            symbols: list[str] = []
+            skipped: list[Skip] = []
+            closed_begin = run_time - self.interval
+            for env in envs:
+                body: Candles = env.body  # type: ignore[assignment]
+                if not self.shard.owns(body.symbol):
+                    continue
+                try:
+                    data = env.payloads[0] if env.payloads else b""
+                    rows.append(factor_row(data, body.path, body.symbol, self.calculators,
+                                           self.cfg.min_candle_num, closed_begin))
+                    symbols.append(body.symbol)
+                except Skipped as s:
+                    skipped.append(s.skip)
+                    level = logging.DEBUG if s.skip.reason == "too_few_candles" else logging.WARNING
+                    log.log(level, "round %s: skipped %s", run_time.isoformat(), s)
+                except Exception as e:  # never let one symbol stop the worker
+                    skipped.append(Skip(symbol=body.symbol, reason="error", detail=f"{type(e).__name__}: {e}"))
+                    log.exception("round %s: %s failed", run_time.isoformat(), body.symbol)
+            compute_ms = (time.perf_counter() - t0) * 1000
+            table = pd.concat(rows, ignore_index=True) if rows else None
+            payloads = [frame_to_ipc(table)] if table is not None else []
+            self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
+                run_time=run_time, shard=str(self.shard), symbols=symbols, skipped=skipped,
+                last_ready_at=max(e.body.ready_at for e in envs), compute_ms=compute_ms), payloads)
+            tally = self.tallies[run_time]
+            tally.rows += len(rows)
+            tally.compute_ms += compute_ms
+            for s in skipped:
+                tally.skipped[s.reason] += 1
+            self.last_run_time = run_time
+
+    def _on_round_closed(self, body: RoundClosed) -> None:
+        tally = self.tallies.pop(body.run_time, RoundTally())
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(tally.skipped.items())) or "none skipped"
+        log.info("round %s: shard %s computed %d symbols (%s) in %.1f ms",
+                 body.run_time.isoformat(), self.shard, tally.rows, skipped, tally.compute_ms)
+
+    def run(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        poller.register(self.out, zmq.POLLIN)
+        while not self.stop:
+            events = dict(poller.poll(200))
+            if self.out in events:
+                self._on_downstream()
+            if self.sub in events:
+                batch = self._drain()
+                self._compute([e for e in batch if isinstance(e.body, Candles)])
+                for env in batch:
+                    if isinstance(env.body, RoundClosed):
+                        self._on_round_closed(env.body)
+            self.heartbeat.tick(self.last_run_time, shard=str(self.shard), subscribed=self.subscribed,
+                                bad_messages=self.bad_messages, gaps=self.sequence.gaps,
+                                duplicates=self.sequence.duplicates)
+        return 0
+
+
+def main(cfg: SelectorConfig, workdir: Path, shard: bus.Shard) -> int:
+    stop = StopFlag()
+    ctx = bus.context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    out = ctx.socket(zmq.XPUB)
+    out.setsockopt(zmq.XPUB_VERBOSER, 1)
+    out.setsockopt(zmq.SNDHWM, 0)
+    market, position = bus.endpoint("ALPHABUS_MARKET_PUB"), bus.endpoint("ALPHABUS_FACTOR_IN")
+    sub.connect(market)
+    out.connect(position)
+    log.info("factor shard %s: SUB connected to market %s, results to position %s", shard, market, position)
+    try:
+        return FactorWorker(cfg, workdir, shard, sub, out, stop).run()
+    finally:
+        bus.close_all(sub, out)
+        ctx.term()

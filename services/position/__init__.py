@@ -1,0 +1,1 @@
+"""Position service: gathers a round's factor rows, filters, ranks, sizes and publishes the selection."""

@@ -1,0 +1,121 @@
+"""A round as the position service sees it: what arrived, whether it is complete, and its selection."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pandas as pd
+
+from services.position.select import apply_pre_filters, drop_non_finite, select_sides, size_side
+from shared.config import SelectorConfig
+from shared.messages import Coverage, FactorResults, Pick, RoundClosed, RoundOpen, Selection, Shortfall
+
+
+@dataclass
+class RoundState:
+    """Everything gathered for one run_time."""
+
+    open: RoundOpen
+    opened_at: float = field(default_factory=time.monotonic)
+    rows: dict[str, pd.DataFrame] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    closed_at: float | None = None
+    last_ready_at: datetime | None = None
+    shards: set[str] = field(default_factory=set)
+
+    @property
+    def universe(self) -> list[str]:
+        return [s.symbol for s in self.open.symbols]
+
+    def add_results(self, body: FactorResults, rows: pd.DataFrame | None) -> None:
+        universe = set(self.universe)
+        self.shards.add(body.shard)
+        if rows is not None:
+            for i, symbol in enumerate(body.symbols):
+                if symbol in universe:
+                    self.rows[symbol] = rows.iloc[[i]]
+        for skip in body.skipped:
+            if skip.symbol in universe:
+                self.skipped[skip.symbol] = f"{skip.reason}: {skip.detail}"
+        self._note_ready(body.last_ready_at)
+
+    def add_closed(self, body: RoundClosed) -> None:
+        self.closed_at = time.monotonic()
+        for symbol, why in body.missing.items():
+            self.skipped.setdefault(symbol, f"no_candles: {why}")
+        self._note_ready(body.last_ready_at)
+
+    def _note_ready(self, t: datetime | None) -> None:
+        if t is not None and (self.last_ready_at is None or t > self.last_ready_at):
+            self.last_ready_at = t
+
+    def missing(self) -> list[str]:
+        return [s for s in self.universe if s not in self.rows and s not in self.skipped]
+
+    def complete(self) -> bool:
+        return not self.missing()
+
+    def deadline(self, grace: float) -> float:
+        """When to stop waiting: grace after the market closed the round, or after its expiry."""
+        if self.closed_at is not None:
+            return self.closed_at + grace
+        return self.opened_at + self.open.expire_sec + grace
+
+
+@dataclass(frozen=True)
+class Built:
+    selection: Selection
+    factors: pd.DataFrame
+    long: pd.DataFrame
+    short: pd.DataFrame
+
+
+def _picks(side: pd.DataFrame, factor: str, filters: list[str]) -> list[Pick]:
+    return [
+        Pick(symbol=r["symbol"], close=float(r["close"]), factor=float(r[factor]),
+             filters={f: float(r[f]) for f in filters}, position=r["position"], pos_val=float(r["pos_val"]))
+        for r in side.to_dict("records")
+    ]
+
+
+def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: bool) -> Built:
+    """The article's steps 4-6 on the gathered rows: nan/inf filter, pre-filters, select, size."""
+    universe = state.universe
+    frames = [state.rows[s] for s in universe if s in state.rows]
+    factors = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    face_values: dict[str, Decimal] = {s.symbol: s.face_value for s in state.open.symbols if s.face_value}
+    skipped = dict(state.skipped)
+    if factors.empty:
+        pool = factors
+    else:
+        pool = drop_non_finite(factors, cfg.factor_columns)
+        unsizable = ~pool["symbol"].isin(list(face_values))
+        for symbol in pool.loc[unsizable, "symbol"]:
+            skipped[symbol] = "bad_data: exginfo has no face_value"
+        pool = apply_pre_filters(pool[~unsizable], cfg.pre_filters)
+    if pool.empty:
+        sides_long = sides_short = pool
+        n_pool, short_of = 0, cfg.long_num + cfg.short_num > 0
+    else:
+        sides = select_sides(pool, cfg.factor.column, cfg.factor.reverse, cfg.long_num, cfg.short_num)
+        sides_long, sides_short, n_pool, short_of = sides.long, sides.short, sides.pool, sides.shortfall
+    long = size_side(sides_long, cfg.capital_usdt, cfg.long_num, face_values)
+    short = size_side(sides_short, cfg.capital_usdt, cfg.short_num, face_values)
+    filters = [f.column for f in cfg.filters]
+    missing = state.missing()
+    now = datetime.now(UTC)
+    selection = Selection(
+        run_time=state.open.run_time,
+        factor_column=cfg.factor.column,
+        long=_picks(long, cfg.factor.column, filters),
+        short=_picks(short, cfg.factor.column, filters),
+        shortfall=Shortfall(pool=n_pool, long_wanted=cfg.long_num, long_got=len(long),
+                            short_wanted=cfg.short_num, short_got=len(short)) if short_of else None,
+        coverage=Coverage(expected=len(universe), received=len(state.rows), skipped=skipped, missing=missing),
+        incomplete=bool(missing) and flag_incomplete,
+        latency_ms=(now - state.last_ready_at).total_seconds() * 1000 if state.last_ready_at else None,
+    )
+    return Built(selection, factors, long, short)

@@ -1,0 +1,220 @@
+"""Position service main loop.
+
+Roles: SUB bound at ALPHABUS_FACTOR_IN (factor workers connect and publish
+results), SUB connected to the market (``round``), PUB bound at
+ALPHABUS_SELECTION_PUB (``selection`` for the recorder and executors), ROUTER
+bound at ALPHABUS_SNAPSHOT (the latest selection for late joiners).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+
+import zmq
+
+from services.position.rounds import RoundState, build_selection
+from shared import bus
+from shared.config import SelectorConfig
+from shared.messages import (
+    BadMessage,
+    Envelope,
+    FactorResults,
+    Header,
+    RoundClosed,
+    RoundOpen,
+    SnapshotEmpty,
+    SnapshotRequest,
+    decode,
+    encode,
+    recv,
+)
+from shared.service import HeartbeatTimer, StopFlag
+from shared.tables import frame_to_ipc, ipc_to_frame
+
+log = logging.getLogger("position")
+PENDING_TTL_SEC = 600.0
+
+
+def _as_text(side):
+    """Decimal positions travel as their exact text."""
+    side = side.copy()
+    side["position"] = side["position"].map(str).astype(object)
+    return side
+
+
+class Position:
+    def __init__(self, cfg: SelectorConfig, factor_in: zmq.Socket, market: zmq.Socket,
+                 out: zmq.Socket, snapshot: zmq.Socket, stop: StopFlag):
+        self.cfg = cfg
+        self.factor_in, self.market, self.out, self.snapshot, self.stop = factor_in, market, out, snapshot, stop
+        self.pub = bus.Publisher(out, bus.identity("position"))
+        self.heartbeat = HeartbeatTimer(self.pub, "position")
+        self.sequence = bus.SequenceCheck()
+        self.rounds: dict[datetime, RoundState] = {}
+        self.pending: dict[datetime, list[tuple[float, Envelope]]] = {}
+        self.finished: set[datetime] = set()
+        self.latest_frames: list | None = None
+        self.latest_run_time: datetime | None = None
+        self.bad_messages = 0
+        self.late = 0
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _receive(self, sock: zmq.Socket) -> Envelope | None:
+        try:
+            env = recv(sock)
+        except BadMessage as e:
+            self.bad_messages += 1
+            log.warning("dropped a bad message: %s", e)
+            return None
+        return env if self.sequence.accept(env) else None
+
+    def on_message(self, env: Envelope) -> None:
+        body = env.body
+        if isinstance(body, RoundOpen):
+            if body.run_time in self.rounds or body.run_time in self.finished:
+                log.info("round %s announced again; gathering afresh", body.run_time.isoformat())
+                self.finished.discard(body.run_time)
+            state = self.rounds[body.run_time] = RoundState(open=body)
+            for _, early in self.pending.pop(body.run_time, []):
+                self._apply(state, early)
+        elif isinstance(body, FactorResults | RoundClosed):
+            state = self.rounds.get(body.run_time)
+            if state is not None:
+                self._apply(state, env)
+            elif body.run_time in self.finished:
+                if isinstance(body, FactorResults):
+                    self.late += len(body.symbols) + len(body.skipped)
+                    log.warning("round %s: late results from shard %s after the round closed: %s",
+                                body.run_time.isoformat(), body.shard,
+                                ", ".join(body.symbols + [s.symbol for s in body.skipped]))
+            else:
+                self.pending.setdefault(body.run_time, []).append((time.monotonic(), env))
+
+    def _apply(self, state: RoundState, env: Envelope) -> None:
+        body = env.body
+        if isinstance(body, FactorResults):
+            rows = None
+            if env.payloads:
+                try:
+                    rows = ipc_to_frame(env.payloads[0])
+                except Exception as e:
+                    self.bad_messages += 1
+                    log.warning("round %s: unreadable factor table from shard %s (%s); its %d symbols "
+                                "stay missing", body.run_time.isoformat(), body.shard, e, len(body.symbols))
+                    body = body.model_copy(update={"symbols": []})
+            state.add_results(body, rows)
+        elif isinstance(body, RoundClosed):
+            state.add_closed(body)
+
+    def on_snapshot_request(self) -> None:
+        frames = self.snapshot.recv_multipart()
+        ident, rest = frames[0], frames[1:]
+        try:
+            env = decode(rest)
+        except BadMessage as e:
+            self.bad_messages += 1
+            log.warning("dropped a bad snapshot request: %s", e)
+            return
+        if not isinstance(env.body, SnapshotRequest):
+            log.warning("snapshot socket got a %s, not a snapshot_request", env.body.kind)
+            return
+        if self.latest_frames is None:
+            header = Header(kind=SnapshotEmpty.kind, sender=self.pub.sender, seq=0,
+                            sent_at=datetime.now().astimezone())
+            self.snapshot.send_multipart([ident, *encode("snapshot", header, SnapshotEmpty(run_time=None))])
+        else:
+            self.snapshot.send_multipart([ident, *self.latest_frames], copy=False)
+
+    # -- completing rounds --------------------------------------------------------------------
+    def finish_due_rounds(self) -> None:
+        now = time.monotonic()
+        for run_time in sorted(self.rounds):
+            state = self.rounds[run_time]
+            if state.complete() or now >= state.deadline(self.cfg.round_grace_sec):
+                del self.rounds[run_time]
+                self.finished.add(run_time)
+                self.publish(state)
+        for run_time in [t for t, items in self.pending.items() if now - items[0][0] > PENDING_TTL_SEC]:
+            log.warning("round %s: results arrived but the market never announced it; dropped",
+                        run_time.isoformat())
+            del self.pending[run_time]
+
+    def publish(self, state: RoundState) -> None:
+        policy = self.cfg.incomplete_round
+        built = build_selection(self.cfg, state, flag_incomplete=policy != "publish")
+        sel = built.selection
+        missing = sel.coverage.missing
+        if missing:
+            log.warning("round %s INCOMPLETE: %d of %d symbols missing at the deadline (%s); shards heard: %s; "
+                        "policy %s", sel.run_time.isoformat(), len(missing), sel.coverage.expected,
+                        ", ".join(missing[:10]) + ("..." if len(missing) > 10 else ""),
+                        ", ".join(sorted(state.shards)) or "none", policy)
+            if policy == "withhold":
+                return
+        payloads = [frame_to_ipc(built.factors), frame_to_ipc(_as_text(built.long)),
+                    frame_to_ipc(_as_text(built.short))]
+        self.latest_frames = self.pub.send(bus.SELECTION, sel, payloads)  # also the snapshot answer
+        self.latest_run_time = sel.run_time
+        short = sel.shortfall
+        log.info("round %s: %d long, %d short from a pool of %d (%d/%d symbols%s)%s, latency %s",
+                 sel.run_time.isoformat(), len(sel.long), len(sel.short),
+                 short.pool if short else len(built.factors), sel.coverage.received, sel.coverage.expected,
+                 f", {len(sel.coverage.skipped)} skipped" if sel.coverage.skipped else "",
+                 f", SHORTFALL long {short.long_got}/{short.long_wanted} short {short.short_got}/{short.short_wanted}"
+                 if short else "",
+                 f"{sel.latency_ms:.1f} ms" if sel.latency_ms is not None else "n/a")
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        poller = zmq.Poller()
+        for s in (self.factor_in, self.market, self.snapshot):
+            poller.register(s, zmq.POLLIN)
+        while not self.stop:
+            timeout = 200
+            if self.rounds:
+                soonest = min(s.deadline(self.cfg.round_grace_sec) for s in self.rounds.values())
+                timeout = max(0, min(timeout, int((soonest - time.monotonic()) * 1000) + 1))
+            events = dict(poller.poll(timeout))
+            for sock in (self.market, self.factor_in):
+                while sock in events and sock.poll(0):
+                    env = self._receive(sock)
+                    if env is not None:
+                        self.on_message(env)
+            if self.snapshot in events:
+                while self.snapshot.poll(0):
+                    self.on_snapshot_request()
+            self.finish_due_rounds()
+            self.heartbeat.tick(self.latest_run_time,
+                                selection_seq=self.pub.last_seq(bus.SELECTION),
+                                bad_messages=self.bad_messages, gaps=self.sequence.gaps,
+                                duplicates=self.sequence.duplicates, late=self.late)
+        return 0
+
+
+def main(cfg: SelectorConfig) -> int:
+    stop = StopFlag()
+    ctx = bus.context()
+    factor_in = ctx.socket(zmq.SUB)
+    factor_in.setsockopt(zmq.RCVHWM, 0)
+    market = ctx.socket(zmq.SUB)
+    out = ctx.socket(zmq.PUB)
+    snapshot = ctx.socket(zmq.ROUTER)
+    addrs = {name: bus.endpoint(name) for name in ("ALPHABUS_FACTOR_IN", "ALPHABUS_MARKET_PUB",
+                                                    "ALPHABUS_SELECTION_PUB", "ALPHABUS_SNAPSHOT")}
+    factor_in.bind(bus.bind_address(addrs["ALPHABUS_FACTOR_IN"]))
+    factor_in.setsockopt_string(zmq.SUBSCRIBE, "")
+    out.bind(bus.bind_address(addrs["ALPHABUS_SELECTION_PUB"]))
+    snapshot.bind(bus.bind_address(addrs["ALPHABUS_SNAPSHOT"]))
+    market.connect(addrs["ALPHABUS_MARKET_PUB"])
+    market.setsockopt_string(zmq.SUBSCRIBE, bus.ROUND)
+    market.setsockopt_string(zmq.SUBSCRIBE, "hb.market")
+    log.info("position: factor results in at %s, selections out at %s, snapshots at %s, market %s",
+             addrs["ALPHABUS_FACTOR_IN"], addrs["ALPHABUS_SELECTION_PUB"], addrs["ALPHABUS_SNAPSHOT"],
+             addrs["ALPHABUS_MARKET_PUB"])
+    try:
+        return Position(cfg, factor_in, market, out, snapshot, stop).run()
+    finally:
+        bus.close_all(factor_in, market, out, snapshot)
+        ctx.term()

@@ -1,0 +1,46 @@
+"""Recorder service main loop.
+
+Role: a SelectionClient (SUB to ``selection``, DEALER for snapshots) that
+writes the article's history files for every selection. Writes are atomic and
+idempotent per run_time, so a restarted recorder that receives the latest
+selection again from the snapshot rewrites the same files, never half of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from services.recorder.files import write_round
+from shared.client import SelectionClient, SelectionUpdate
+from shared.service import StopFlag
+
+log = logging.getLogger("recorder")
+
+
+def record(workdir: Path, update: SelectionUpdate) -> None:
+    sel = update.selection
+    t0 = time.perf_counter()
+    paths = write_round(workdir, sel.run_time, update.factors, update.long, update.short)
+    cov = sel.coverage
+    log.info("round %s: wrote %s, %s, %s (%d factor rows, %d long, %d short, coverage %d/%d%s) in %.0f ms",
+             sel.run_time.isoformat(), *(p.relative_to(workdir) for p in paths.values()),
+             len(update.factors), len(sel.long), len(sel.short), cov.received, cov.expected,
+             ", INCOMPLETE" if sel.incomplete else "", (time.perf_counter() - t0) * 1000)
+
+
+def main(workdir: Path) -> int:
+    stop = StopFlag()
+    client = SelectionClient(name="recorder")
+    log.info("recorder writing history under %s", workdir.resolve())
+    try:
+        while not stop:
+            for update in client.poll(200):
+                try:
+                    record(workdir, update)
+                except Exception:
+                    log.exception("round %s: writing history failed", update.selection.run_time.isoformat())
+        return 0
+    finally:
+        client.close()

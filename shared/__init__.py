@@ -1,0 +1,1 @@
+"""Code every alphabus service imports: config, messages, bus, BMAC reading, time, the pure core."""

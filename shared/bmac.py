@@ -1,0 +1,161 @@
+"""The crawler's (BMAC's) on-disk format: where files are, how ready markers are named, how to read them.
+
+    <bmac_dir>/exginfo_<interval>/exginfo.fea            contracts and lot sizes (decimal128 columns)
+    <bmac_dir>/exginfo_<interval>/funding.fea            funding rates
+    <bmac_dir>/usdt_swap_<interval>/<SYMBOL>.fea         candles, oldest first
+    <dir>/<name>_<YYYYmmdd_HHMMSS>.ready                 "<name> is complete for this run_time"
+
+Writers (the crawler, or ``alphabus sim``) write the feather file first, then
+replace the name's old ready marker with the new one; a reader that sees the
+marker may read the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+
+from shared.clock import ready_stamp
+
+EXGINFO = "exginfo"
+FUNDING = "funding"
+REQUIRED_CANDLE_COLUMNS = ("candle_begin_time", "open", "high", "low", "close", "volume", "quote_volume")
+CANDLE_COLUMNS = (
+    "candle_begin_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume",
+    "trade_num", "taker_buy_base_asset_volume", "taker_buy_quote_asset_volume",
+)
+EXGINFO_COLUMNS = (
+    "symbol", "contract_type", "status", "base_asset", "quote_asset", "margin_asset",
+    "price_tick", "face_value", "min_notional_value",
+)
+
+
+class BadCandles(Exception):
+    """A candle file that cannot be used this round; the message names the problem."""
+
+
+class BmacDir:
+    """One crawler directory for one interval."""
+
+    def __init__(self, root: str | Path, interval: str):
+        self.root = Path(root)
+        self.interval = interval
+        self.exginfo_dir = self.root / f"exginfo_{interval}"
+        self.candle_dir = self.root / f"usdt_swap_{interval}"
+
+    # -- ready markers --------------------------------------------------------------------------
+    @staticmethod
+    def ready_path(directory: Path, name: str, run_time: datetime) -> Path:
+        return directory / f"{name}_{ready_stamp(run_time)}.ready"
+
+    def exginfo_ready(self, run_time: datetime) -> Path:
+        return self.ready_path(self.exginfo_dir, EXGINFO, run_time)
+
+    def funding_ready(self, run_time: datetime) -> Path:
+        return self.ready_path(self.exginfo_dir, FUNDING, run_time)
+
+    def candle_ready(self, symbol: str, run_time: datetime) -> Path:
+        return self.ready_path(self.candle_dir, symbol, run_time)
+
+    def ready_candles(self, run_time: datetime) -> set[str]:
+        """Symbols whose ready marker for run_time exists: one directory listing, not one stat per symbol."""
+        suffix = f"_{ready_stamp(run_time)}.ready"
+        try:
+            names = os.listdir(self.candle_dir)
+        except FileNotFoundError:
+            return set()
+        return {n[: -len(suffix)] for n in names if n.endswith(suffix)}
+
+    def latest_exginfo_stamp(self) -> str | None:
+        """The newest run_time stamp of an exginfo ready marker, if any (how a follower finds the clock)."""
+        try:
+            stamps = [n[len(EXGINFO) + 1 : -len(".ready")] for n in os.listdir(self.exginfo_dir)
+                      if n.startswith(EXGINFO + "_") and n.endswith(".ready")]
+        except FileNotFoundError:
+            return None
+        return max(stamps) if stamps else None
+
+    # -- files ----------------------------------------------------------------------------------
+    def candle_path(self, symbol: str) -> Path:
+        return self.candle_dir / f"{symbol}.fea"
+
+    def candle_symbols(self) -> set[str]:
+        try:
+            return {n[:-4] for n in os.listdir(self.candle_dir) if n.endswith(".fea")}
+        except FileNotFoundError:
+            return set()
+
+    def read_exginfo(self) -> pd.DataFrame:
+        return pd.read_feather(self.exginfo_dir / f"{EXGINFO}.fea")
+
+    def read_funding(self) -> pd.DataFrame:
+        return pd.read_feather(self.exginfo_dir / f"{FUNDING}.fea")
+
+    def read_candle_bytes(self, symbol: str) -> bytes:
+        return self.candle_path(symbol).read_bytes()
+
+    # -- writing (the crawler's side; used by the simulator) ------------------------------------
+    @staticmethod
+    def _write(df: pd.DataFrame, directory: Path, name: str, run_time: datetime | None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / f"{name}.fea"
+        tmp = directory / f".{name}.fea.tmp"
+        df.reset_index(drop=True).to_feather(tmp)
+        os.replace(tmp, final)
+        for old in directory.glob(f"{name}_*.ready"):
+            old.unlink(missing_ok=True)
+        if run_time is not None:
+            BmacDir.ready_path(directory, name, run_time).write_text(str(datetime.now().astimezone()))
+
+    def write_candles(self, symbol: str, df: pd.DataFrame, run_time: datetime | None) -> None:
+        self._write(df, self.candle_dir, symbol, run_time)
+
+    def write_exginfo(self, df: pd.DataFrame, run_time: datetime | None) -> None:
+        self._write(df, self.exginfo_dir, EXGINFO, run_time)
+
+    def write_funding(self, df: pd.DataFrame, run_time: datetime | None) -> None:
+        self._write(df, self.exginfo_dir, FUNDING, run_time)
+
+
+def decode_candles(data: bytes | memoryview, source: str) -> pd.DataFrame:
+    """Feather bytes -> the frame ``pandas.read_feather`` gives the article, or BadCandles."""
+    try:
+        return pd.read_feather(io.BytesIO(data))
+    except Exception as e:
+        raise BadCandles(f"{source}: unreadable feather file ({type(e).__name__}: {e})") from None
+
+
+def check_candles(df: pd.DataFrame, source: str) -> None:
+    """Reject frames the article would silently mis-compute: missing columns, bad times, bad closes."""
+    missing = [c for c in REQUIRED_CANDLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise BadCandles(f"{source}: missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise BadCandles(f"{source}: no candles")
+    times = df["candle_begin_time"]
+    if not isinstance(times.dtype, pd.DatetimeTZDtype):
+        raise BadCandles(f"{source}: candle_begin_time is {times.dtype}, not a timezone-aware timestamp")
+    dup = times.duplicated()
+    if dup.any():
+        raise BadCandles(f"{source}: {int(dup.sum())} duplicate candle_begin_time, first {times[dup].iloc[0]}")
+    if not times.is_monotonic_increasing:
+        raise BadCandles(f"{source}: candle_begin_time is not in increasing order")
+    close = pd.to_numeric(df["close"], errors="coerce")
+    bad = ~(close > 0)  # NaN compares False, so NaN is bad too
+    if bad.any():
+        raise BadCandles(
+            f"{source}: {int(bad.sum())} close(s) NaN or <= 0, first at {times[bad].iloc[0]}"
+        )
+
+
+def lot_sizes(exginfo: pd.DataFrame) -> dict[str, Decimal | None]:
+    """symbol -> face_value as the exact Decimal the crawler stored (None where absent)."""
+    out: dict[str, Decimal | None] = {}
+    for symbol, fv in zip(exginfo["symbol"], exginfo["face_value"], strict=True):
+        out[str(symbol)] = fv if isinstance(fv, Decimal) and fv.is_finite() and fv > 0 else None
+    return out

@@ -1,0 +1,1 @@
+"""Compatibility package: the original program's ``utils.diff`` so users' factor files import unchanged."""
