@@ -97,6 +97,25 @@ def cmd_sim(args: argparse.Namespace) -> int:
                    replay=args.replay, first_hour=args.first_hour, stop=lambda: stop.stopped)
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Container health check: the service touched its health file recently."""
+    import time
+
+    path = args.file or os.environ.get("ALPHABUS_HEALTH_FILE")
+    if not path:
+        print("alphabus health: give --file or set ALPHABUS_HEALTH_FILE", file=sys.stderr)
+        return 1
+    try:
+        age = time.time() - Path(path).stat().st_mtime
+    except FileNotFoundError:
+        print(f"unhealthy: {path} does not exist yet", file=sys.stderr)
+        return 1
+    if age > args.max_age:
+        print(f"unhealthy: last heartbeat {age:.1f}s ago (> {args.max_age}s)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alphabus", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -158,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--replay", type=Path, help="replay a real data set hour by hour instead of simulating")
     sp.add_argument("--first-hour", type=int, help="with --replay: the candle index of the first round")
     sp.set_defaults(func=cmd_sim)
+
+    sp = sub.add_parser("health", help="exit 0 if this container's service heartbeat is fresh")
+    sp.add_argument("--file", help="the heartbeat file (default $ALPHABUS_HEALTH_FILE)")
+    sp.add_argument("--max-age", type=float, default=10.0, metavar="SEC")
+    sp.set_defaults(func=cmd_health)
     return p
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 from shared.bus import Publisher, heartbeat_topic
@@ -41,10 +43,20 @@ class StopFlag:
         return self.stopped
 
 
+HEALTH_FILE_ENV = "ALPHABUS_HEALTH_FILE"
+
+
+def touch_health_file() -> None:
+    """Container health checks read this file's age (``alphabus health``)."""
+    path = os.environ.get(HEALTH_FILE_ENV)
+    if path:
+        Path(path).touch()
+
+
 class HeartbeatTimer:
     """Publishes a Heartbeat whenever HEARTBEAT_SEC has passed since the last one."""
 
-    def __init__(self, publisher: Publisher, service: str, period: float = HEARTBEAT_SEC):
+    def __init__(self, publisher: Publisher | None, service: str, period: float = HEARTBEAT_SEC):
         self.publisher = publisher
         self.service = service
         self.period = period
@@ -54,5 +66,7 @@ class HeartbeatTimer:
         now = time.monotonic()
         if now >= self._next:
             self._next = now + self.period
-            self.publisher.send(heartbeat_topic(self.service),
-                                Heartbeat(run_time=run_time, service=self.service, state=state))
+            touch_health_file()
+            if self.publisher is not None:
+                self.publisher.send(heartbeat_topic(self.service),
+                                    Heartbeat(run_time=run_time, service=self.service, state=state))

@@ -39,7 +39,7 @@ def volume(df: pd.DataFrame, n: int) -> pd.Series:
 
 
 def round_to_tick(value: Decimal, tick: Decimal) -> Decimal:
-    return Decimal(int(round(value / tick)) * tick)
+    return Decimal(int(round(value / tick)) * tick)  # noqa: RUF046 (the article's code, verbatim)
 
 
 def filiter_nan_inf(df_factor, factor_filter_cols):

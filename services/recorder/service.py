@@ -14,7 +14,7 @@ from pathlib import Path
 
 from services.recorder.files import write_round
 from shared.client import SelectionClient, SelectionUpdate
-from shared.service import StopFlag
+from shared.service import HeartbeatTimer, StopFlag
 
 log = logging.getLogger("recorder")
 
@@ -22,9 +22,9 @@ log = logging.getLogger("recorder")
 def record(workdir: Path, update: SelectionUpdate) -> None:
     sel = update.selection
     t0 = time.perf_counter()
-    paths = write_round(workdir, sel.run_time, update.factors, update.long, update.short)
+    paths = write_round(workdir, sel, update.factors, update.long, update.short)
     cov = sel.coverage
-    log.info("round %s: wrote %s, %s, %s (%d factor rows, %d long, %d short, coverage %d/%d%s) in %.0f ms",
+    log.info("round %s: wrote %s, %s, %s, %s (%d factor rows, %d long, %d short, coverage %d/%d%s) in %.0f ms",
              sel.run_time.isoformat(), *(p.relative_to(workdir) for p in paths.values()),
              len(update.factors), len(sel.long), len(sel.short), cov.received, cov.expected,
              ", INCOMPLETE" if sel.incomplete else "", (time.perf_counter() - t0) * 1000)
@@ -34,8 +34,10 @@ def main(workdir: Path) -> int:
     stop = StopFlag()
     client = SelectionClient(name="recorder")
     log.info("recorder writing history under %s", workdir.resolve())
+    alive = HeartbeatTimer(None, "recorder")
     try:
         while not stop:
+            alive.tick()
             for update in client.poll(200):
                 try:
                     record(workdir, update)
