@@ -83,7 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from alphabus import demo
 
     return demo.run(rounds=args.rounds, symbols=args.symbols, replay=args.replay,
-                    hour_seconds=args.hour_seconds, shards=args.factor_shards)
+                    hour_seconds=args.hour_seconds, shards=args.factor_shards, keep=args.keep)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--hour-seconds", type=float, default=3.0, help="wall seconds per simulated hour")
     sp.add_argument("--replay", type=Path, help="replay a real data set (e.g. ../shared/data/binance_usdm_1h)")
     sp.add_argument("--factor-shards", type=int, default=1, metavar="N")
+    sp.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("sim", help="a stand-in crawler: write a BMAC directory on an accelerated clock")

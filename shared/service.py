@@ -17,9 +17,10 @@ HEARTBEAT_SEC = 1.0
 POLL_MS = 10
 
 
-def setup_logging(service: str, level: int = logging.INFO) -> logging.Logger:
+def setup_logging(service: str) -> logging.Logger:
+    """One format for every service; ALPHABUS_LOG_LEVEL (default INFO) sets the level."""
     logging.basicConfig(
-        level=level,
+        level=os.environ.get("ALPHABUS_LOG_LEVEL", "INFO").upper(),
         stream=sys.stderr,
         format=f"%(asctime)s %(levelname)-7s {service:<8} %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",

@@ -118,3 +118,47 @@ def article_config(bmac_dir: Path | str, **overrides) -> dict:
     }
     cfg.update(overrides)
     return cfg
+
+
+def recorded_round(workdir: Path, run_time: datetime) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The recorder's three CSV files for run_time, read as text columns."""
+    stamp = run_time.strftime("%Y%m%d_%H%M%S")
+    read = lambda p: pd.read_csv(p, dtype=str, keep_default_na=False)  # noqa: E731
+    return (read(Path(workdir) / "factor_his" / f"coin_{stamp}.csv.zip"),
+            read(Path(workdir) / "select_his" / f"{stamp}_long.csv.zip"),
+            read(Path(workdir) / "select_his" / f"{stamp}_short.csv.zip"))
+
+
+def as_written(df: pd.DataFrame) -> pd.DataFrame:
+    """A frame as its CSV text would read back: what the article's to_csv would have written."""
+    import io
+
+    return pd.read_csv(io.StringIO(df.to_csv(index=False)), dtype=str, keep_default_na=False)
+
+
+def assert_same_round(workdir: Path, run_time: datetime, expected=None, **article_kwargs) -> None:
+    """Recorded files equal the article's output: selections to the character, factor rows in any order."""
+    if expected is None:
+        expected = article_round(Path(article_kwargs.pop("bmac_dir")), run_time, **article_kwargs)
+    ref_factors, ref_long, ref_short = (as_written(f) for f in expected)
+    factors, long, short = recorded_round(workdir, run_time)
+    assert_text_frames_match(long, ref_long, f"{run_time} long")
+    assert_text_frames_match(short, ref_short, f"{run_time} short")
+    key = lambda f: f.sort_values("symbol", ignore_index=True)  # noqa: E731
+    assert_text_frames_match(key(factors), key(ref_factors), f"{run_time} factors")
+
+
+EXACT_COLUMNS = {"symbol", "candle_begin_time", "position", "trade_num", "close_time"}
+
+
+def assert_text_frames_match(actual: pd.DataFrame, expected: pd.DataFrame, what: str) -> None:
+    """Same columns and rows; floats to 1e-9 relative, everything else (symbols, positions) exact."""
+    assert list(actual.columns) == list(expected.columns), f"{what}: columns differ"
+    assert len(actual) == len(expected), f"{what}: {len(actual)} rows, expected {len(expected)}"
+    for col in expected.columns:
+        a, e = actual[col], expected[col]
+        if col in EXACT_COLUMNS or col.endswith("_rank"):
+            assert a.tolist() == e.tolist(), f"{what}: column {col} differs"
+            continue
+        np.testing.assert_allclose(pd.to_numeric(a).to_numpy(float), pd.to_numeric(e).to_numpy(float),
+                                   rtol=1e-9, atol=0, equal_nan=True, err_msg=f"{what}: column {col}")

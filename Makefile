@@ -1,0 +1,32 @@
+# The two commands a new user types (see README): `make demo` and `make test`.
+# Each creates its own virtual environment in .venv from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo demo-replay test lint bench clean
+
+$(BIN)/alphabus: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "alphabus needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/alphabus
+	$(BIN)/alphabus demo
+
+demo-replay: $(BIN)/alphabus
+	$(BIN)/alphabus demo --replay ../shared/data/binance_usdm_1h
+
+lint: $(BIN)/alphabus
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/alphabus
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,58 @@
+"""``alphabus demo``: the simulated crawler and the four services as processes, a few rounds shown, then stop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from alphabus.display import format_selection
+from alphabus.launcher import Services, loopback_endpoints, start_stack
+from shared.client import SelectionClient
+
+
+def demo_config(bmac_dir: Path) -> dict:
+    """The article's example configuration."""
+    return {
+        "interval": "1h", "bmac_dir": str(bmac_dir), "bmac_expire_sec": 30,
+        "factor": ["MtmAtrMean", True, 120, 0, 1], "filters": [["ChgPctMax", 24], ["Volume", 24]],
+        "long_num": 2, "short_num": 8, "min_candle_num": 999, "capital_usdt": 1000, "debug": False,
+    }
+
+
+def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_seconds: float = 3.0,
+        shards: int = 1, keep: bool = False) -> int:
+    root = Path(tempfile.mkdtemp(prefix="alphabus-demo-"))
+    bmac, workdir = root / "bmac", root / "work"
+    workdir.mkdir(parents=True)
+    (workdir / "factor_calc.json").write_text(json.dumps(demo_config(bmac), indent=1))
+    source = f"replaying {replay}" if replay else f"{symbols} simulated symbols"
+    print(f"alphabus demo: {source}, a simulated hour every {hour_seconds:g}s, {shards} factor shard(s)")
+    print(f"work directory {workdir} (history in select_his/, factor_his/, selection_his/)\n")
+    sim_args = ["sim", str(bmac), "--hours", str(rounds + 3), "--hour-seconds", str(hour_seconds),
+                "--symbols", str(symbols)]
+    if replay:
+        sim_args += ["--replay", str(Path(replay).resolve())]
+    endpoints = loopback_endpoints()
+    shown = 0
+    started = time.monotonic()
+    with Services({**endpoints, "ALPHABUS_LOG_LEVEL": "WARNING"}) as services:
+        client = SelectionClient(endpoints["ALPHABUS_SELECTION_PUB"], endpoints["ALPHABUS_SNAPSHOT"], name="demo")
+        try:
+            start_stack(services, workdir, shards=shards, clock="follow")
+            services.start("sim", sim_args)
+            for update in client.updates(timeout_s=max(60.0, 10 * hour_seconds)):
+                print(format_selection(update.selection) + "\n")
+                shown += 1
+                if shown >= rounds:
+                    break
+        finally:
+            client.close()
+    print(f"{shown} round(s) in {time.monotonic() - started:.1f}s; all processes stopped")
+    if keep:
+        print(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if shown >= rounds else 1

@@ -1,0 +1,42 @@
+"""Test helpers: a real stack of service processes on loopback, driven hour by hour."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+from alphabus.launcher import Services, loopback_endpoints, start_stack
+from services.recorder.files import history_paths
+from shared.bmac import BmacDir
+from tests.conftest import write_config
+
+
+class StackRun:
+    """Four services as processes over TCP, a BMAC dir and a work dir; the test writes the hours."""
+
+    def __init__(self, root: Path, shards: int = 1, **config):
+        self.bmac = BmacDir(root / "bmac", "1h")
+        self.workdir = write_config(root / "work", root / "bmac", **config)
+        self.endpoints = loopback_endpoints()
+        self.services = Services(self.endpoints)
+        self.shards = shards
+
+    def __enter__(self) -> StackRun:
+        start_stack(self.services, self.workdir, shards=self.shards, clock="follow")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.services.stop()
+
+    def wait_for_round(self, run_time: datetime, timeout: float = 60.0) -> dict:
+        """The recorded selection JSON of run_time, once the recorder has written it."""
+        path = history_paths(self.workdir, run_time)["selection"]
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            crashed = {n: c for n, c in self.services.exited().items()}
+            assert not crashed, f"service(s) exited: {crashed}"
+            assert time.monotonic() < deadline, f"no recorded round {run_time} within {timeout}s"
+            time.sleep(0.05)
+        return json.loads(path.read_text())

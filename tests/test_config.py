@@ -1,0 +1,80 @@
+"""The article's factor_calc.json loads unchanged; bad configs name every bad field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.config import ARTICLE_PRE_FILTERS, ConfigError, load_config, parse_config
+from tests.reference import article_config
+
+
+def test_article_config_loads_with_article_defaults(tmp_path):
+    (tmp_path / "factor_calc.json").write_text(json.dumps(article_config("../usdt_1h_alpha")))
+    cfg = load_config(tmp_path)
+    assert cfg.factor.column == "MtmAtrMean_bh_120"
+    assert cfg.factor.reverse is True
+    assert [f.column for f in cfg.filters] == ["ChgPctMax_fl_24", "Volume_fl_24"]
+    assert cfg.pre_filters == ARTICLE_PRE_FILTERS
+    assert cfg.timezone == "Asia/Hong_Kong"
+    assert (cfg.long_num, cfg.short_num, cfg.min_candle_num, cfg.capital_usdt) == (2, 8, 999, 1000)
+
+
+def test_factor_column_names_follow_the_article():
+    cfg = parse_config(article_config("x", factor=["MtmAtrMean", False, 96, 0.5, 1]))
+    assert cfg.factor.column == "MtmAtrMean_bh_96_diff_0.5"
+
+
+def test_every_invalid_field_is_named():
+    raw = article_config("x", long_num=-1, capital_usdt="lots", interval=5, factor=["MtmAtrMean", True, 0, 0, 1])
+    del raw["bmac_dir"]
+    raw["surprise"] = 1
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    text = str(e.value)
+    for field in ("long_num", "capital_usdt", "interval", "factor.back_hour", "bmac_dir", "surprise"):
+        assert field in text, f"{field} not named in:\n{text}"
+
+
+def test_unknown_plugins_list_what_exists():
+    with pytest.raises(ConfigError) as e:
+        parse_config(article_config("x", factor=["NoSuch", True, 10, 0, 1], filters=[["Nope", 3]]))
+    text = str(e.value)
+    assert "factor.name: no factor plugin 'NoSuch'; available: MtmAtrMean" in text
+    assert "filters.0.name: no filter plugin 'Nope'; available: ChgPctMax, Volume" in text
+
+
+def test_pre_filter_columns_must_exist():
+    with pytest.raises(ConfigError) as e:
+        parse_config(article_config("x", filters=[["ChgPctMax", 48], ["Volume", 24]]))
+    assert "pre_filters.0.column: 'ChgPctMax_fl_24' is not a configured factor or filter column" in str(e.value)
+
+
+def test_bad_interval_and_timezone_are_named():
+    with pytest.raises(ConfigError) as e:
+        parse_config(article_config("x", interval="1w", timezone="Mars/Olympus"))
+    assert "interval:" in str(e.value) and "timezone:" in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path)
+    (tmp_path / "factor_calc.json").write_text('{"interval": "1h",, }')
+    with pytest.raises(ConfigError, match="not valid JSON at line 1"):
+        load_config(tmp_path)
+
+
+def test_user_plugins_in_the_workdir_are_found(tmp_path):
+    (tmp_path / "factors").mkdir()
+    (tmp_path / "factors" / "Mine.py").write_text("def signal(*args):\n    return args[0]\n")
+    (tmp_path / "factor_calc.json").write_text(json.dumps(article_config("x", factor=["Mine", True, 5, 0, 1])))
+    assert load_config(tmp_path).factor.name == "Mine"
+
+
+def test_cli_reports_invalid_config_with_exit_code_2(tmp_path, capsys):
+    from alphabus.cli import main
+
+    (tmp_path / "factor_calc.json").write_text(json.dumps(article_config("x", short_num="eight")))
+    assert main(["position", str(tmp_path)]) == 2
+    assert "short_num" in capsys.readouterr().err
