@@ -101,25 +101,30 @@ class BmacDir:
 
     # -- writing (the crawler's side; used by the simulator) ------------------------------------
     @staticmethod
-    def _write(df: pd.DataFrame, directory: Path, name: str, run_time: datetime | None) -> None:
+    def _write(df: pd.DataFrame, directory: Path, name: str, run_time: datetime | None,
+               previous: datetime | None) -> None:
+        """File, then marker. ``previous``: the one old marker to remove (else every old one is globbed)."""
         directory.mkdir(parents=True, exist_ok=True)
         final = directory / f"{name}.fea"
         tmp = directory / f".{name}.fea.tmp"
         df.reset_index(drop=True).to_feather(tmp)
         os.replace(tmp, final)
-        for old in directory.glob(f"{name}_*.ready"):
+        stale = ([BmacDir.ready_path(directory, name, previous)] if previous is not None
+                 else directory.glob(f"{name}_*.ready"))
+        for old in stale:
             old.unlink(missing_ok=True)
         if run_time is not None:
             BmacDir.ready_path(directory, name, run_time).write_text(str(datetime.now().astimezone()))
 
-    def write_candles(self, symbol: str, df: pd.DataFrame, run_time: datetime | None) -> None:
-        self._write(df, self.candle_dir, symbol, run_time)
+    def write_candles(self, symbol: str, df: pd.DataFrame, run_time: datetime | None,
+                      previous: datetime | None = None) -> None:
+        self._write(df, self.candle_dir, symbol, run_time, previous)
 
-    def write_exginfo(self, df: pd.DataFrame, run_time: datetime | None) -> None:
-        self._write(df, self.exginfo_dir, EXGINFO, run_time)
+    def write_exginfo(self, df: pd.DataFrame, run_time: datetime | None, previous: datetime | None = None) -> None:
+        self._write(df, self.exginfo_dir, EXGINFO, run_time, previous)
 
-    def write_funding(self, df: pd.DataFrame, run_time: datetime | None) -> None:
-        self._write(df, self.exginfo_dir, FUNDING, run_time)
+    def write_funding(self, df: pd.DataFrame, run_time: datetime | None, previous: datetime | None = None) -> None:
+        self._write(df, self.exginfo_dir, FUNDING, run_time, previous)
 
 
 def decode_candles(data: bytes | memoryview, source: str) -> pd.DataFrame:

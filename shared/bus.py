@@ -1,7 +1,8 @@
 """ZeroMQ plumbing shared by every service: endpoints, topics, shards, sending and sequence checks.
 
 Topology (the long-lived side binds):
-  market   PUB  binds ALPHABUS_MARKET_PUB    topics ``round``, ``candle.<bucket>.<SYMBOL>``, ``hb.market``
+  market   PUB  binds ALPHABUS_MARKET_PUB    topics ``round.open``, ``round.closed``,
+                                             ``candle.<bucket>.<SYMBOL>``, ``hb.market``
   factor   PUB  connects to ALPHABUS_FACTOR_IN (position's bound SUB)   topics ``factor.<shard>``, ``hb.factor``
   position PUB  binds ALPHABUS_SELECTION_PUB topics ``selection``, ``hb.position``
   position ROUTER binds ALPHABUS_SNAPSHOT    answers SnapshotRequest with the latest selection
@@ -49,7 +50,9 @@ def bind_address(address: str) -> str:
 
 # -- topics -------------------------------------------------------------------------------------
 
-ROUND = "round"
+ROUNDS = "round."  # the position service subscribes to both round topics
+ROUND_OPEN = "round.open"
+ROUND_CLOSED = "round.closed"
 SELECTION = "selection"
 
 

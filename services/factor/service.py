@@ -1,6 +1,6 @@
 """Factor service main loop.
 
-Role: SUB connected to the market (``round`` and its shard's ``candle.<bucket>.``
+Role: SUB connected to the market (``round.closed`` and its shard's ``candle.<bucket>.``
 prefixes, so the publisher filters), XPUB connected to the position service's
 bound SUB. It subscribes upstream only once the position service's
 subscription has reached it, so no result is computed for nobody.
@@ -62,7 +62,7 @@ class FactorWorker:
             except zmq.Again:
                 break
         if not self.subscribed:
-            for prefix in [bus.ROUND, *self.shard.candle_prefixes()]:
+            for prefix in [bus.ROUND_CLOSED, *self.shard.candle_prefixes()]:
                 self.sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
             self.subscribed = True
             log.info("position service is listening; subscribed to shard %s (%d candle prefixes)",

@@ -99,7 +99,7 @@ class Market:
         if not self.subs.ready():
             missing = self.subs.uncovered_buckets()
             log.warning("starting without a full audience: round subscriber %s, %d of %d candle buckets "
-                        "unsubscribed", "present" if self.subs._covers(bus.ROUND) else "ABSENT",
+                        "unsubscribed", "present" if self.subs.has_position() else "ABSENT",
                         len(missing), bus.BUCKETS)
 
     def next_follow_time(self) -> datetime | None:
@@ -136,7 +136,7 @@ class Market:
         universe = [s.symbol for s in specs]
         self._log_orphans(set(universe))
         remaining = max(0.0, deadline - time.monotonic())
-        self.pub.send(bus.ROUND, RoundOpen(run_time=run_time, interval=self.cfg.interval, symbols=specs,
+        self.pub.send(bus.ROUND_OPEN, RoundOpen(run_time=run_time, interval=self.cfg.interval, symbols=specs,
                                            funding={s: funding.get(s) for s in universe},
                                            expire_sec=remaining))
         pending = set(universe)
@@ -153,7 +153,7 @@ class Market:
                 break
             self.pump(2)
         missing = {s: self._why_missing(s, run_time) for s in sorted(pending)}
-        self.pub.send(bus.ROUND, RoundClosed(run_time=run_time, missing=missing, last_ready_at=last_ready_at))
+        self.pub.send(bus.ROUND_CLOSED, RoundClosed(run_time=run_time, missing=missing, last_ready_at=last_ready_at))
         log.info("round %s: %d symbols published, %d missing%s, %.0f ms from exginfo to last ready",
                  run_time.isoformat(), len(universe) - len(pending), len(pending),
                  f" ({', '.join(list(missing)[:5])}{'...' if len(missing) > 5 else ''})" if missing else "",

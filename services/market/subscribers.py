@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from shared.bus import BUCKETS, ROUND
+from shared.bus import BUCKETS, ROUND_OPEN
 
 
 class Subscriptions:
@@ -28,6 +28,10 @@ class Subscriptions:
     def uncovered_buckets(self) -> list[int]:
         return [b for b in range(BUCKETS) if not self._covers(f"candle.{b:02x}.")]
 
+    def has_position(self) -> bool:
+        """Only the position service subscribes to round announcements."""
+        return self._covers(ROUND_OPEN)
+
     def ready(self) -> bool:
-        """A round subscriber (position) and a candle subscriber (factor shard) for every bucket."""
-        return self._covers(ROUND) and not self.uncovered_buckets()
+        """The position service and a candle subscriber (factor shard) for every bucket."""
+        return self.has_position() and not self.uncovered_buckets()

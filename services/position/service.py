@@ -1,7 +1,7 @@
 """Position service main loop.
 
 Roles: SUB bound at ALPHABUS_FACTOR_IN (factor workers connect and publish
-results), SUB connected to the market (``round``), PUB bound at
+results), SUB connected to the market (``round.open``, ``round.closed``), PUB bound at
 ALPHABUS_SELECTION_PUB (``selection`` for the recorder and executors), ROUTER
 bound at ALPHABUS_SNAPSHOT (the latest selection for late joiners).
 """
@@ -208,7 +208,7 @@ def main(cfg: SelectorConfig) -> int:
     out.bind(bus.bind_address(addrs["ALPHABUS_SELECTION_PUB"]))
     snapshot.bind(bus.bind_address(addrs["ALPHABUS_SNAPSHOT"]))
     market.connect(addrs["ALPHABUS_MARKET_PUB"])
-    market.setsockopt_string(zmq.SUBSCRIBE, bus.ROUND)
+    market.setsockopt_string(zmq.SUBSCRIBE, bus.ROUNDS)
     market.setsockopt_string(zmq.SUBSCRIBE, "hb.market")
     log.info("position: factor results in at %s, selections out at %s, snapshots at %s, market %s",
              addrs["ALPHABUS_FACTOR_IN"], addrs["ALPHABUS_SELECTION_PUB"], addrs["ALPHABUS_SNAPSHOT"],
