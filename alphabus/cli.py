@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def subcommands() -> list[str]:
+    """Every ``alphabus`` subcommand name (compose files and tests check against it)."""
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(actions[0].choices)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from shared.config import ConfigError

@@ -27,6 +27,7 @@ def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_sec
     root = Path(tempfile.mkdtemp(prefix="alphabus-demo-"))
     bmac, workdir = root / "bmac", root / "work"
     workdir.mkdir(parents=True)
+    bmac.mkdir()
     (workdir / "factor_calc.json").write_text(json.dumps(demo_config(bmac), indent=1))
     source = f"replaying {replay}" if replay else f"{symbols} simulated symbols"
     print(f"alphabus demo: {source}, a simulated hour every {hour_seconds:g}s, {shards} factor shard(s)")
@@ -41,8 +42,8 @@ def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_sec
     with Services({**endpoints, "ALPHABUS_LOG_LEVEL": "WARNING"}) as services:
         client = SelectionClient(endpoints["ALPHABUS_SELECTION_PUB"], endpoints["ALPHABUS_SNAPSHOT"], name="demo")
         try:
-            start_stack(services, workdir, shards=shards, clock="follow")
             services.start("sim", sim_args)
+            start_stack(services, workdir, shards=shards, clock="follow")
             for update in client.updates(timeout_s=max(60.0, 10 * hour_seconds)):
                 print(format_selection(update.selection) + "\n")
                 shown += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from shared.messages import Pick, Selection
 
 
@@ -15,10 +17,16 @@ def _side(title: str, picks: list[Pick], factor: str) -> list[str]:
     return lines
 
 
+def _skip_summary(skipped: dict[str, str]) -> str:
+    reasons = Counter(why.split(":", 1)[0] for why in skipped.values())
+    return ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+
+
 def format_selection(sel: Selection) -> str:
     cov = sel.coverage
     head = (f"round {sel.run_time.isoformat()}  symbols {cov.received}/{cov.expected}"
-            f"  skipped {len(cov.skipped)}  missing {len(cov.missing)}")
+            f"  skipped {len(cov.skipped)}{f' ({_skip_summary(cov.skipped)})' if cov.skipped else ''}"
+            f"  missing {len(cov.missing)}")
     if sel.latency_ms is not None:
         head += f"  last ready -> selection {sel.latency_ms:.1f} ms"
     lines = [head]

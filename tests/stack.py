@@ -33,10 +33,15 @@ class StackRun:
     def wait_for_round(self, run_time: datetime, timeout: float = 60.0) -> dict:
         """The recorded selection JSON of run_time, once the recorder has written it."""
         path = history_paths(self.workdir, run_time)["selection"]
-        deadline = time.monotonic() + timeout
-        while not path.exists():
-            crashed = {n: c for n, c in self.services.exited().items()}
-            assert not crashed, f"service(s) exited: {crashed}"
-            assert time.monotonic() < deadline, f"no recorded round {run_time} within {timeout}s"
-            time.sleep(0.05)
+        wait_for_file(path, timeout, lambda: not self.services.exited() or f"exited: {self.services.exited()}")
         return json.loads(path.read_text())
+
+
+def wait_for_file(path: Path, timeout: float, healthy=lambda: True) -> None:
+    """Poll for a file that is written atomically; ``healthy`` returns True or says what went wrong."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        status = healthy()
+        assert status is True, status
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
+        time.sleep(0.05)

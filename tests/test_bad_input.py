@@ -94,7 +94,7 @@ def test_missing_bmac_dir_names_the_awaited_file(tmp_path):
     out = _once(workdir, market.run_time(0))
     assert out.returncode == 1
     stamp = market.run_time(0).strftime("%Y%m%d_%H%M%S")
-    assert f"{tmp_path / 'nowhere'} does not exist" in out.stderr
+    assert f"{tmp_path / 'nowhere'} does not exist (yet)" in out.stderr
     assert f"exginfo marker {tmp_path / 'nowhere' / 'exginfo_1h' / f'exginfo_{stamp}.ready'}" in out.stderr
     assert market.run_time(0).isoformat() in out.stderr
 

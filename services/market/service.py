@@ -63,8 +63,7 @@ class Market:
         log.info("reading the crawler's directory %s (bmac_dir %r, interval %s, timezone %s)",
                  self.bmac.root, cfg.bmac_dir, cfg.interval, cfg.timezone)
         if not self.bmac.root.is_dir():
-            log.error("bmac_dir %s does not exist; rounds will report missing files until it does",
-                      self.bmac.root)
+            log.warning("bmac_dir %s does not exist (yet); waiting for the crawler to write it", self.bmac.root)
 
     # -- waiting ------------------------------------------------------------------------------
     def pump(self, timeout_ms: int = POLL_MS) -> None:
