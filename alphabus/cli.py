@@ -51,7 +51,8 @@ def cmd_position(args: argparse.Namespace) -> int:
     from shared.service import setup_logging
 
     setup_logging("position")
-    return service.main(_config(_workdir(args.workdir)))
+    workdir = _workdir(args.workdir)
+    return service.main(_config(workdir), workdir)
 
 
 def cmd_recorder(args: argparse.Namespace) -> int:
@@ -60,8 +61,7 @@ def cmd_recorder(args: argparse.Namespace) -> int:
 
     setup_logging("recorder")
     workdir = _workdir(args.workdir)
-    _config(workdir)  # fail early on a bad config, like every other service
-    return service.main(workdir)
+    return service.main(workdir, _config(workdir))
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -95,6 +95,27 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return sim.run(Path(args.out_dir), symbols=args.symbols, seed=args.seed, history=args.history,
                    hours=args.hours, hour_seconds=args.hour_seconds, spread_sec=args.spread_sec,
                    replay=args.replay, first_hour=args.first_hour, stop=lambda: stop.stopped)
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    from alphabus import paper
+    from shared.service import setup_logging
+
+    setup_logging("paper")
+    return paper.main(_workdir(args.workdir), fee_bps=args.fee_bps)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from shared.messages import json_schema
+
+    text = json.dumps(json_schema(), indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -178,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--replay", type=Path, help="replay a real data set hour by hour instead of simulating")
     sp.add_argument("--first-hour", type=int, help="with --replay: the candle index of the first round")
     sp.set_defaults(func=cmd_sim)
+
+    sp = sub.add_parser("paper", help="the reference executor: paper-trade each selection, record fills and equity")
+    workdir_arg(sp)
+    sp.add_argument("--fee-bps", type=float, default=0.0, help="taker fee charged on each fill, in basis points")
+    sp.set_defaults(func=cmd_paper)
+
+    sp = sub.add_parser("schema", help="print the message contract as JSON Schema")
+    sp.add_argument("--out", help="write to this file instead of stdout")
+    sp.set_defaults(func=cmd_schema)
 
     sp = sub.add_parser("health", help="exit 0 if this container's service heartbeat is fresh")
     sp.add_argument("--file", help="the heartbeat file (default $ALPHABUS_HEALTH_FILE)")

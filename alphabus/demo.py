@@ -8,6 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from alphabus.display import format_selection
 from alphabus.launcher import Services, loopback_endpoints, start_stack
 from shared.client import SelectionClient
@@ -20,6 +22,18 @@ def demo_config(bmac_dir: Path) -> dict:
         "factor": ["MtmAtrMean", True, 120, 0, 1], "filters": [["ChgPctMax", 24], ["Volume", 24]],
         "long_num": 2, "short_num": 8, "min_candle_num": 999, "capital_usdt": 1000, "debug": False,
     }
+
+
+def paper_summary(workdir: Path) -> str:
+    """The reference executor's equity curve over the demo."""
+    path = workdir / "paper" / "equity.csv"
+    if not path.exists():
+        return "paper executor: no rounds applied"
+    equity = pd.read_csv(path)
+    lines = ["paper executor (alphabus paper): marked-to-market equity per round, USDT"]
+    lines += [f"  {r.run_time}  equity {r.equity:+10.2f}  pnl {r.pnl:+8.2f}  gross {r.gross:9.2f}  "
+              f"positions {r.positions}" for r in equity.itertuples()]
+    return "\n".join(lines)
 
 
 def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_seconds: float = 3.0,
@@ -44,6 +58,7 @@ def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_sec
         try:
             services.start("sim", sim_args)
             start_stack(services, workdir, shards=shards, clock="follow")
+            services.start("paper", ["paper", str(workdir)])
             for update in client.updates(timeout_s=max(60.0, 10 * hour_seconds)):
                 print(format_selection(update.selection) + "\n")
                 shown += 1
@@ -52,6 +67,7 @@ def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_sec
         finally:
             client.close()
     print(f"{shown} round(s) in {time.monotonic() - started:.1f}s; all processes stopped")
+    print(paper_summary(workdir))
     if keep:
         print(f"kept {root}")
     else:

@@ -63,10 +63,17 @@ class SelectionUpdate:
 
 
 class SelectionClient:
-    """SUB to ``selection`` plus a DEALER for snapshots."""
+    """SUB to ``selection`` plus a DEALER for snapshots.
+
+    By default only ever-newer selections are delivered (an executor wants the latest target).
+    With ``history=True`` every selection is delivered once, even an older one that arrives
+    late from a snapshot, and the first snapshot asks for everything after ``since`` (the
+    recorder uses this to fill the rounds it missed while it was down).
+    """
 
     def __init__(self, selection_pub: str | None = None, snapshot: str | None = None,
-                 name: str = "client", ctx: zmq.Context | None = None):
+                 name: str = "client", ctx: zmq.Context | None = None, history: bool = False,
+                 since: datetime | None = None):
         self.ctx = ctx or bus.context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.connect(selection_pub or bus.endpoint("ALPHABUS_SELECTION_PUB"))
@@ -75,16 +82,20 @@ class SelectionClient:
         self.dealer = self.ctx.socket(zmq.DEALER)
         self.dealer.connect(snapshot or bus.endpoint("ALPHABUS_SNAPSHOT"))
         self.sender = bus.identity(name)
+        self.history = history
         self.delivered: dict[str, int] = {}  # position sender -> newest selection seq delivered
-        self.latest_run_time: datetime | None = None
+        self.seen: set[tuple[str, int]] = set()  # (sender, seq) delivered, in history mode
+        self.latest_run_time: datetime | None = since
         self.bad_messages = 0
         self._asked_at = 0.0
         self.request_snapshot()
 
     def request_snapshot(self) -> None:
+        """Ask for the latest selection, or in history mode for all after the newest we have."""
+        since = self.latest_run_time if self.history else None
         header = Header(kind=SnapshotRequest.kind, sender=self.sender, seq=0,
                         sent_at=datetime.now().astimezone())
-        self.dealer.send_multipart(encode("snapshot", header, SnapshotRequest(run_time=None)))
+        self.dealer.send_multipart(encode("snapshot", header, SnapshotRequest(run_time=None, since=since)))
         self._asked_at = time.monotonic()
 
     def _accept(self, env: Envelope) -> SelectionUpdate | None:
@@ -96,10 +107,14 @@ class SelectionClient:
             return None
         if not isinstance(env.body, Selection):
             return None
-        if env.header.seq <= self.delivered.get(env.header.sender, 0):
-            return None  # already delivered (snapshot and update overlap)
-        self.delivered[env.header.sender] = env.header.seq
-        self.latest_run_time = env.body.run_time
+        key = (env.header.sender, env.header.seq)
+        newest = self.delivered.get(env.header.sender, 0)
+        if key in self.seen or (not self.history and env.header.seq <= newest):
+            return None  # already delivered (snapshot and update overlap), or older than what we have
+        self.seen.add(key)
+        self.delivered[env.header.sender] = max(newest, env.header.seq)
+        if self.latest_run_time is None or env.body.run_time > self.latest_run_time:
+            self.latest_run_time = env.body.run_time
         return SelectionUpdate(env.header, env.body, tuple(env.payloads))
 
     def poll(self, timeout_ms: int = 200) -> list[SelectionUpdate]:

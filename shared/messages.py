@@ -99,11 +99,11 @@ class Pick(BaseModel):
     """One selected coin and its target position."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    symbol: str
-    close: float
-    factor: float
-    filters: dict[str, float]
-    position: Decimal = Field(description="Target contracts, rounded to the lot size (exact decimal).")
+    symbol: str = Field(description="Contract, e.g. 'BTCUSDT'.")
+    close: float = Field(description="Close of the candle that just closed: the price the round sized at.")
+    factor: float = Field(description="The factor value the coin was ranked by.")
+    filters: dict[str, float] = Field(description="Filter column -> value.")
+    position: Decimal = Field(description="Contracts on this side (unsigned), rounded to the lot size; exact.")
     pos_val: float = Field(description="position * close in USDT.")
 
 
@@ -126,6 +126,11 @@ class Coverage(BaseModel):
     received: int
     skipped: dict[str, str] = Field(description="Symbol -> reason it was left out.")
     missing: list[str] = Field(description="Symbols nobody accounted for before the deadline.")
+    late: list[str] = Field(
+        [], description="Symbols whose results came after the crawler's deadline (bmac_expire_sec), in the grace."
+    )
+    shards: list[str] = Field([], description="Factor shards ('K/N') that reported for this round.")
+    silent_shards: list[str] = Field([], description="Factor shards expected but not heard from this round.")
 
     @property
     def complete(self) -> bool:
@@ -147,7 +152,13 @@ class Selection(Body):
     shortfall: Shortfall | None = None
     coverage: Coverage
     incomplete: bool = Field(description="True when some symbols were missing at the deadline.")
-    latency_ms: float | None = Field(None, description="Last factor result to selection, milliseconds.")
+    latency_ms: float | None = Field(None, description="Last ready marker to selection, milliseconds.")
+    targets: dict[str, Decimal] = Field(description="Symbol -> signed target contracts (long +, short -).")
+    previous_run_time: AwareDatetime | None = Field(description="The round the previous targets are from.")
+    previous: dict[str, Decimal] = Field(description="Symbol -> signed targets of the previous round.")
+    changes: dict[str, Decimal] = Field(
+        description="Symbol -> target minus previous target, for every symbol in either; what to trade."
+    )
 
 
 class Heartbeat(Body):
@@ -159,9 +170,10 @@ class Heartbeat(Body):
 
 
 class SnapshotRequest(Body):
-    """Client: send me the latest selection."""
+    """Client: send me the latest selection, or every retained one after ``since``."""
 
     kind: ClassVar[str] = "snapshot_request"
+    since: AwareDatetime | None = None
 
 
 class SnapshotEmpty(Body):
@@ -196,6 +208,16 @@ class Envelope:
     header: Header
     body: Body
     payloads: list[Any] = field(default_factory=list)
+
+
+def json_schema() -> dict[str, Any]:
+    """The wire contract as JSON Schema: the header and every message body, by kind."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "frames": ["topic (utf-8)", "header (msgpack: the header fields plus 'body')", "payload frames..."],
+        "header": Header.model_json_schema(),
+        "bodies": {kind: cls.model_json_schema() for kind, cls in BODIES.items()},
+    }
 
 
 def encode(topic: str, header: Header, body: Body, payloads: list[Any] | tuple[Any, ...] = ()) -> list[Any]:

@@ -22,6 +22,7 @@ class StackRun:
         self.endpoints = loopback_endpoints()
         self.services = Services(self.endpoints)
         self.shards = shards
+        self.killed: set[str] = set()
 
     def __enter__(self) -> StackRun:
         start_stack(self.services, self.workdir, shards=self.shards, clock="follow")
@@ -30,10 +31,24 @@ class StackRun:
     def __exit__(self, *exc) -> None:
         self.services.stop()
 
+    def kill(self, name: str) -> None:
+        """SIGKILL: no goodbye, no flushing, as a crash."""
+        proc = self.services.procs[name]
+        proc.kill()
+        proc.wait(10)
+        self.killed.add(name)
+
+    def restart(self, name: str) -> None:
+        self.services.restart(name)
+        self.killed.discard(name)
+
+    def crashed(self) -> dict[str, int]:
+        return {n: c for n, c in self.services.exited().items() if n not in self.killed}
+
     def wait_for_round(self, run_time: datetime, timeout: float = 60.0) -> dict:
         """The recorded selection JSON of run_time, once the recorder has written it."""
         path = history_paths(self.workdir, run_time)["selection"]
-        wait_for_file(path, timeout, lambda: not self.services.exited() or f"exited: {self.services.exited()}")
+        wait_for_file(path, timeout, lambda: not self.crashed() or f"exited: {self.crashed()}")
         return json.loads(path.read_text())
 
 

@@ -48,7 +48,8 @@ def test_selection_roundtrip_with_payload():
     sel = Selection(run_time=RUN, factor_column="f", long=[
         Pick(symbol="A", close=1.5, factor=0.1, filters={"g": 2.0}, position=Decimal("63.000"), pos_val=94.5)],
         short=[], coverage=Coverage(expected=2, received=1, skipped={"B": "stale: x"}, missing=[]),
-        incomplete=False)
+        incomplete=False, targets={"A": Decimal("63.000")}, previous_run_time=None, previous={"C": Decimal("-2")},
+        changes={"A": Decimal("63.000"), "C": Decimal("2")})
     frame = pd.DataFrame({"t": pd.date_range("2024-01-01", periods=2, freq="h", tz="Asia/Hong_Kong"),
                           "x": [1.0, 2.0], "n": [1, 2], "s": ["a", "b"]})
     env = decode(encode("selection", _header(sel.kind), sel, [frame_to_ipc(frame)]))

@@ -123,6 +123,9 @@ class FactorWorker:
             self.last_run_time = run_time
 
     def _on_round_closed(self, body: RoundClosed) -> None:
+        if body.run_time not in self.tallies:  # nothing of ours this round: say so, or we look silent
+            self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
+                run_time=body.run_time, shard=str(self.shard), symbols=[], skipped=[], last_ready_at=None))
         tally = self.tallies.pop(body.run_time, RoundTally())
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(tally.skipped.items())) or "none skipped"
         log.info("round %s: shard %s computed %d symbols (%s) in %.1f ms",

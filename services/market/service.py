@@ -30,6 +30,7 @@ from shared.service import POLL_MS, HeartbeatTimer, StopFlag
 
 log = logging.getLogger("market")
 Clock = Literal["wall", "follow"]
+REJOIN_WAIT_SEC = 3.0
 
 
 def _decimal_or_none(value):
@@ -90,11 +91,17 @@ class Market:
             self.pump()
         return False
 
-    def wait_for_subscribers(self) -> None:
-        """Hold the first round until the stack is connected, so nothing is sent into the void."""
-        deadline = time.monotonic() + self.await_subscribers
+    def wait_for_subscribers(self, limit: float) -> None:
+        """Hold a round until the position service and every shard listen, so nothing is sent into the void.
+
+        A restarting service gets up to ``limit`` seconds; a shard that stays down costs each round
+        that much, and its symbols are then reported missing.
+        """
+        if self.subs.ready():
+            return
+        deadline = time.monotonic() + limit
         while not self.stop and not self.subs.ready() and time.monotonic() < deadline:
-            self.pump(50)
+            self.pump(20)
         if not self.subs.ready():
             missing = self.subs.uncovered_buckets()
             log.warning("starting without a full audience: round subscriber %s, %d of %d candle buckets "
@@ -200,7 +207,7 @@ class Market:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, clock: Clock, run_time: datetime | None) -> int:
-        self.wait_for_subscribers()
+        self.wait_for_subscribers(self.await_subscribers)
         if run_time is not None:
             ok = self.run_round(run_time)
             return 0 if ok else 1
@@ -216,6 +223,7 @@ class Market:
                 log.info("next round %s (crawler marker %s)", t.isoformat(), ready_stamp(t))
                 if not self.wait_until(t.astimezone(UTC)):
                     break
+            self.wait_for_subscribers(min(REJOIN_WAIT_SEC, self.await_subscribers))
             self.run_round(t)
             self.last_run_time = t
         return 0

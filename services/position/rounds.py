@@ -25,6 +25,7 @@ class RoundState:
     closed_at: float | None = None
     last_ready_at: datetime | None = None
     shards: set[str] = field(default_factory=set)
+    late: set[str] = field(default_factory=set)
 
     @property
     def universe(self) -> list[str]:
@@ -40,6 +41,8 @@ class RoundState:
         for skip in body.skipped:
             if skip.symbol in universe:
                 self.skipped[skip.symbol] = f"{skip.reason}: {skip.detail}"
+        if time.monotonic() > self.opened_at + self.open.expire_sec:  # after the crawler's deadline
+            self.late.update(s for s in [*body.symbols, *(k.symbol for k in body.skipped)] if s in universe)
         self._note_ready(body.last_ready_at)
 
     def add_closed(self, body: RoundClosed) -> None:
@@ -66,6 +69,27 @@ class RoundState:
 
 
 @dataclass(frozen=True)
+class Previous:
+    """The last published round's signed targets: what an executor holds going into this round."""
+
+    run_time: datetime | None = None
+    targets: dict[str, Decimal] = field(default_factory=dict)
+
+
+def signed_targets(long: list[Pick], short: list[Pick]) -> dict[str, Decimal]:
+    targets = {p.symbol: p.position for p in long}
+    for p in short:
+        targets[p.symbol] = targets.get(p.symbol, Decimal(0)) - p.position
+    return targets
+
+
+def target_changes(targets: dict[str, Decimal], previous: dict[str, Decimal]) -> dict[str, Decimal]:
+    """Target minus previous target for every symbol in either (a symbol leaving goes to zero)."""
+    symbols = list(targets) + [s for s in previous if s not in targets]
+    return {s: targets.get(s, Decimal(0)) - previous.get(s, Decimal(0)) for s in symbols}
+
+
+@dataclass(frozen=True)
 class Built:
     selection: Selection
     factors: pd.DataFrame
@@ -81,7 +105,8 @@ def _picks(side: pd.DataFrame, factor: str, filters: list[str]) -> list[Pick]:
     ]
 
 
-def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: bool) -> Built:
+def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: bool,
+                    previous: Previous | None = None, expected_shards: list[str] | None = None) -> Built:
     """The article's steps 4-6 on the gathered rows: nan/inf filter, pre-filters, select, size."""
     universe = state.universe
     frames = [state.rows[s] for s in universe if s in state.rows]
@@ -106,16 +131,25 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
     short = size_side(sides_short, cfg.capital_usdt, cfg.short_num, face_values)
     filters = [f.column for f in cfg.filters]
     missing = state.missing()
+    previous = previous or Previous()
+    long_picks, short_picks = _picks(long, cfg.factor.column, filters), _picks(short, cfg.factor.column, filters)
+    targets = signed_targets(long_picks, short_picks)
     now = datetime.now(UTC)
     selection = Selection(
         run_time=state.open.run_time,
         factor_column=cfg.factor.column,
-        long=_picks(long, cfg.factor.column, filters),
-        short=_picks(short, cfg.factor.column, filters),
+        long=long_picks,
+        short=short_picks,
         shortfall=Shortfall(pool=n_pool, long_wanted=cfg.long_num, long_got=len(long),
                             short_wanted=cfg.short_num, short_got=len(short)) if short_of else None,
-        coverage=Coverage(expected=len(universe), received=len(state.rows), skipped=skipped, missing=missing),
+        coverage=Coverage(expected=len(universe), received=len(state.rows), skipped=skipped, missing=missing,
+                          late=sorted(state.late), shards=sorted(state.shards),
+                          silent_shards=[s for s in expected_shards or [] if s not in state.shards]),
         incomplete=bool(missing) and flag_incomplete,
         latency_ms=(now - state.last_ready_at).total_seconds() * 1000 if state.last_ready_at else None,
+        targets=targets,
+        previous_run_time=previous.run_time,
+        previous=previous.targets,
+        changes=target_changes(targets, previous.targets),
     )
     return Built(selection, factors, long, short)

@@ -1,20 +1,29 @@
 """Position service main loop.
 
 Roles: SUB bound at ALPHABUS_FACTOR_IN (factor workers connect and publish
-results), SUB connected to the market (``round.open``, ``round.closed``), PUB bound at
-ALPHABUS_SELECTION_PUB (``selection`` for the recorder and executors), ROUTER
-bound at ALPHABUS_SNAPSHOT (the latest selection for late joiners).
+results), SUB connected to the market (``round.open``, ``round.closed``), PUB
+bound at ALPHABUS_SELECTION_PUB (``selection`` for the recorder and
+executors), ROUTER bound at ALPHABUS_SNAPSHOT (recent selections for late
+joiners: the Clone pattern's snapshot).
+
+The latest selection is kept on disk so that a restarted position service
+still knows the previous targets (executors trade the change) and can answer
+snapshots at once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from datetime import datetime
+from pathlib import Path
 
+import msgpack
 import zmq
 
-from services.position.rounds import RoundState, build_selection
+from services.position.rounds import Previous, RoundState, build_selection
+from services.position.shards import ShardWatch
 from shared import bus
 from shared.config import SelectorConfig
 from shared.messages import (
@@ -22,8 +31,10 @@ from shared.messages import (
     Envelope,
     FactorResults,
     Header,
+    Heartbeat,
     RoundClosed,
     RoundOpen,
+    Selection,
     SnapshotEmpty,
     SnapshotRequest,
     decode,
@@ -35,6 +46,8 @@ from shared.tables import frame_to_ipc, ipc_to_frame
 
 log = logging.getLogger("position")
 PENDING_TTL_SEC = 600.0
+RETAINED_SELECTIONS = 48
+STATE_FILE = Path("state") / "position_latest.msgpack"
 
 
 def _as_text(side):
@@ -44,19 +57,53 @@ def _as_text(side):
     return side
 
 
+class SelectionStore:
+    """Recent selections as the exact frames sent; the newest also on disk for restarts."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.frames: deque[tuple[Selection, list]] = deque(maxlen=RETAINED_SELECTIONS)
+        if path is not None and path.exists():
+            try:
+                frames = msgpack.unpackb(path.read_bytes())
+                env = decode(frames)
+                if isinstance(env.body, Selection):
+                    self.frames.append((env.body, frames))
+                    log.info("restored the latest selection %s from %s", env.body.run_time.isoformat(), path)
+            except Exception as e:
+                log.warning("ignoring unreadable position state %s: %s", path, e)
+
+    @property
+    def latest(self) -> Selection | None:
+        return self.frames[-1][0] if self.frames else None
+
+    def add(self, selection: Selection, frames: list) -> None:
+        self.frames.append((selection, frames))
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_bytes(msgpack.packb([bytes(f) for f in frames]))
+            tmp.replace(self.path)
+
+    def since(self, t: datetime | None) -> list[list]:
+        if t is None:
+            return [self.frames[-1][1]] if self.frames else []
+        return [frames for sel, frames in self.frames if sel.run_time > t]
+
+
 class Position:
     def __init__(self, cfg: SelectorConfig, factor_in: zmq.Socket, market: zmq.Socket,
-                 out: zmq.Socket, snapshot: zmq.Socket, stop: StopFlag):
+                 out: zmq.Socket, snapshot: zmq.Socket, stop: StopFlag, state_file: Path | None):
         self.cfg = cfg
         self.factor_in, self.market, self.out, self.snapshot, self.stop = factor_in, market, out, snapshot, stop
         self.pub = bus.Publisher(out, bus.identity("position"))
         self.heartbeat = HeartbeatTimer(self.pub, "position")
         self.sequence = bus.SequenceCheck()
+        self.shards = ShardWatch()
+        self.store = SelectionStore(state_file)
         self.rounds: dict[datetime, RoundState] = {}
         self.pending: dict[datetime, list[tuple[float, Envelope]]] = {}
-        self.finished: set[datetime] = set()
-        self.latest_frames: list | None = None
-        self.latest_run_time: datetime | None = None
+        self.finished: set[datetime] = {self.store.latest.run_time} if self.store.latest else set()
         self.bad_messages = 0
         self.late = 0
 
@@ -72,21 +119,30 @@ class Position:
 
     def on_message(self, env: Envelope) -> None:
         body = env.body
-        if isinstance(body, RoundOpen):
-            if body.run_time in self.rounds or body.run_time in self.finished:
-                log.info("round %s announced again; gathering afresh", body.run_time.isoformat())
-                self.finished.discard(body.run_time)
+        if isinstance(body, Heartbeat):
+            if body.service == "factor" and body.state.get("subscribed"):  # alive and listening to the market
+                self.shards.heard(str(body.state["shard"]))
+        elif isinstance(body, RoundOpen):
+            if body.run_time in self.finished:
+                log.info("round %s announced again (a restarted market?); already published, ignored",
+                         body.run_time.isoformat())
+                return
+            if body.run_time in self.rounds:
+                log.info("round %s announced again before it completed; gathering afresh",
+                         body.run_time.isoformat())
             state = self.rounds[body.run_time] = RoundState(open=body)
             for _, early in self.pending.pop(body.run_time, []):
                 self._apply(state, early)
         elif isinstance(body, FactorResults | RoundClosed):
+            if isinstance(body, FactorResults):
+                self.shards.heard(body.shard)
             state = self.rounds.get(body.run_time)
             if state is not None:
                 self._apply(state, env)
             elif body.run_time in self.finished:
-                if isinstance(body, FactorResults):
+                if isinstance(body, FactorResults) and (body.symbols or body.skipped):
                     self.late += len(body.symbols) + len(body.skipped)
-                    log.warning("round %s: late results from shard %s after the round closed: %s",
+                    log.warning("round %s: results from shard %s after the round was published, dropped: %s",
                                 body.run_time.isoformat(), body.shard,
                                 ", ".join(body.symbols + [s.symbol for s in body.skipped]))
             else:
@@ -120,12 +176,13 @@ class Position:
         if not isinstance(env.body, SnapshotRequest):
             log.warning("snapshot socket got a %s, not a snapshot_request", env.body.kind)
             return
-        if self.latest_frames is None:
+        replies = self.store.since(env.body.since)
+        for reply in replies:
+            self.snapshot.send_multipart([ident, *reply], copy=False)
+        if not replies:
             header = Header(kind=SnapshotEmpty.kind, sender=self.pub.sender, seq=0,
                             sent_at=datetime.now().astimezone())
             self.snapshot.send_multipart([ident, *encode("snapshot", header, SnapshotEmpty(run_time=None))])
-        else:
-            self.snapshot.send_multipart([ident, *self.latest_frames], copy=False)
 
     # -- completing rounds --------------------------------------------------------------------
     def finish_due_rounds(self) -> None:
@@ -143,27 +200,29 @@ class Position:
 
     def publish(self, state: RoundState) -> None:
         policy = self.cfg.incomplete_round
-        built = build_selection(self.cfg, state, flag_incomplete=policy != "publish")
+        latest = self.store.latest
+        previous = Previous(latest.run_time, dict(latest.targets)) if latest else Previous()
+        built = build_selection(self.cfg, state, flag_incomplete=policy != "publish", previous=previous,
+                                expected_shards=self.shards.expected())
         sel = built.selection
-        missing = sel.coverage.missing
-        if missing:
-            log.warning("round %s INCOMPLETE: %d of %d symbols missing at the deadline (%s); shards heard: %s; "
-                        "policy %s", sel.run_time.isoformat(), len(missing), sel.coverage.expected,
-                        ", ".join(missing[:10]) + ("..." if len(missing) > 10 else ""),
-                        ", ".join(sorted(state.shards)) or "none", policy)
+        cov = sel.coverage
+        if cov.missing:
+            log.warning("round %s INCOMPLETE: %d of %d symbols missing at the deadline (%s); silent shards: %s; "
+                        "policy %s", sel.run_time.isoformat(), len(cov.missing), cov.expected,
+                        ", ".join(cov.missing[:10]) + ("..." if len(cov.missing) > 10 else ""),
+                        ", ".join(cov.silent_shards) or "none", policy)
             if policy == "withhold":
                 return
         payloads = [frame_to_ipc(built.factors), frame_to_ipc(_as_text(built.long)),
                     frame_to_ipc(_as_text(built.short))]
-        self.latest_frames = self.pub.send(bus.SELECTION, sel, payloads)  # also the snapshot answer
-        self.latest_run_time = sel.run_time
+        self.store.add(sel, self.pub.send(bus.SELECTION, sel, payloads))
         short = sel.shortfall
-        log.info("round %s: %d long, %d short from a pool of %d (%d/%d symbols%s)%s, latency %s",
+        log.info("round %s: %d long, %d short, pool %d, symbols %d/%d%s%s, shards %s, latency %s",
                  sel.run_time.isoformat(), len(sel.long), len(sel.short),
-                 short.pool if short else len(built.factors), sel.coverage.received, sel.coverage.expected,
-                 f", {len(sel.coverage.skipped)} skipped" if sel.coverage.skipped else "",
+                 short.pool if short else len(built.factors), cov.received, cov.expected,
+                 f", {len(cov.skipped)} skipped" if cov.skipped else "",
                  f", SHORTFALL long {short.long_got}/{short.long_wanted} short {short.short_got}/{short.short_wanted}"
-                 if short else "",
+                 if short else "", ",".join(cov.shards) or "none",
                  f"{sel.latency_ms:.1f} ms" if sel.latency_ms is not None else "n/a")
 
     # -- the loop -----------------------------------------------------------------------------
@@ -186,14 +245,17 @@ class Position:
                 while self.snapshot.poll(0):
                     self.on_snapshot_request()
             self.finish_due_rounds()
-            self.heartbeat.tick(self.latest_run_time,
+            self.shards.check()
+            latest = self.store.latest
+            self.heartbeat.tick(latest.run_time if latest else None,
                                 selection_seq=self.pub.last_seq(bus.SELECTION),
                                 bad_messages=self.bad_messages, gaps=self.sequence.gaps,
-                                duplicates=self.sequence.duplicates, late=self.late)
+                                duplicates=self.sequence.duplicates, late=self.late,
+                                silent_shards=sorted(self.shards.silent))
         return 0
 
 
-def main(cfg: SelectorConfig) -> int:
+def main(cfg: SelectorConfig, workdir: Path) -> int:
     stop = StopFlag()
     ctx = bus.context()
     factor_in = ctx.socket(zmq.SUB)
@@ -214,7 +276,7 @@ def main(cfg: SelectorConfig) -> int:
              addrs["ALPHABUS_FACTOR_IN"], addrs["ALPHABUS_SELECTION_PUB"], addrs["ALPHABUS_SNAPSHOT"],
              addrs["ALPHABUS_MARKET_PUB"])
     try:
-        return Position(cfg, factor_in, market, out, snapshot, stop).run()
+        return Position(cfg, factor_in, market, out, snapshot, stop, workdir / STATE_FILE).run()
     finally:
         bus.close_all(factor_in, market, out, snapshot)
         ctx.term()

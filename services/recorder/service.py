@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from pathlib import Path
 
 from services.recorder.files import write_round
 from shared.client import SelectionClient, SelectionUpdate
+from shared.clock import zone
+from shared.config import SelectorConfig
 from shared.service import HeartbeatTimer, StopFlag
 
 log = logging.getLogger("recorder")
@@ -30,10 +33,20 @@ def record(workdir: Path, update: SelectionUpdate) -> None:
              ", INCOMPLETE" if sel.incomplete else "", (time.perf_counter() - t0) * 1000)
 
 
-def main(workdir: Path) -> int:
+def newest_recorded(workdir: Path, tz) -> datetime | None:
+    """The newest round whose files are complete (the selection JSON is written last)."""
+    stamps = [p.stem for p in (workdir / "selection_his").glob("*.json")]
+    if not stamps:
+        return None
+    return datetime.strptime(max(stamps), "%Y%m%d_%H%M%S").replace(tzinfo=tz)
+
+
+def main(workdir: Path, cfg: SelectorConfig) -> int:
     stop = StopFlag()
-    client = SelectionClient(name="recorder")
-    log.info("recorder writing history under %s", workdir.resolve())
+    since = newest_recorded(workdir, zone(cfg.timezone))
+    client = SelectionClient(name="recorder", history=True, since=since)
+    log.info("recorder writing history under %s (newest recorded round: %s)", workdir.resolve(),
+             since.isoformat() if since else "none")
     alive = HeartbeatTimer(None, "recorder")
     try:
         while not stop:
