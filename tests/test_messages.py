@@ -115,3 +115,27 @@ def test_sequence_check_drops_duplicates_and_counts_gaps():
     envs = [decode(encode("candle.00.A", _header(body.kind, seq), body)) for seq in (1, 2, 2, 5, 4, 6)]
     assert [check.accept(e) for e in envs] == [True, True, False, True, False, True]
     assert (check.duplicates, check.gaps) == (2, 2)
+
+
+def test_the_readme_documents_every_selection_field():
+    from pathlib import Path
+
+    from shared.messages import Coverage, Pick, Selection, Shortfall
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    contract = readme[readme.index("## The executor contract"):]
+    for model in (Header, Selection, Pick, Coverage, Shortfall):
+        for name in model.model_fields:
+            assert f"`{name}`" in contract, f"{model.__name__}.{name} is not documented in the README"
+
+
+def test_schema_command_exports_json_schema(capsys):
+    import json
+
+    from alphabus.cli import main
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["schema_version"] == SCHEMA_VERSION
+    selection = schema["bodies"]["selection"]
+    assert {"targets", "previous", "changes", "coverage", "long", "short"} <= set(selection["properties"])
