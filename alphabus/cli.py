@@ -43,7 +43,7 @@ def cmd_factor(args: argparse.Namespace) -> int:
     setup_logging("factor")
     workdir = _workdir(args.workdir)
     shard = Shard.parse(args.shard or os.environ.get("ALPHABUS_SHARD", "0/1"))
-    return service.main(_config(workdir), workdir, shard)
+    return service.main(_config(workdir), workdir, shard, fast=not args.plugins_only)
 
 
 def cmd_position(args: argparse.Namespace) -> int:
@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("factor", help="factor layer: compute factors and filters for one shard of symbols")
     workdir_arg(sp)
     sp.add_argument("--shard", help="K/N: own shard K of N by stable symbol hash (default $ALPHABUS_SHARD or 0/1)")
+    sp.add_argument("--plugins-only", action="store_true",
+                    help="always run the plugins' signal functions, never the built-in kernels (the reference)")
     sp.set_defaults(func=cmd_factor)
 
     sp = sub.add_parser("position", help="position layer: filter, rank, select and size; publish selections")

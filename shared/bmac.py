@@ -12,13 +12,15 @@ marker may read the file.
 
 from __future__ import annotations
 
-import io
 import os
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from shared.clock import ready_stamp
 
@@ -127,35 +129,69 @@ class BmacDir:
         self._write(df, self.exginfo_dir, FUNDING, run_time, previous)
 
 
-def decode_candles(data: bytes | memoryview, source: str) -> pd.DataFrame:
-    """Feather bytes -> the frame ``pandas.read_feather`` gives the article, or BadCandles."""
+def read_candle_table(data: bytes | memoryview, source: str) -> pa.Table:
+    """Feather (Arrow IPC file) bytes -> an Arrow table, zero-copy; BadCandles if unreadable.
+
+    ``table.to_pandas()`` is the frame ``pandas.read_feather`` gives the article.
+    """
     try:
-        return pd.read_feather(io.BytesIO(data))
+        return pa.ipc.open_file(pa.py_buffer(data)).read_all()
     except Exception as e:
         raise BadCandles(f"{source}: unreadable feather file ({type(e).__name__}: {e})") from None
 
 
-def check_candles(df: pd.DataFrame, source: str) -> None:
-    """Reject frames the article would silently mis-compute: missing columns, bad times, bad closes."""
-    missing = [c for c in REQUIRED_CANDLE_COLUMNS if c not in df.columns]
+def decode_candles(data: bytes | memoryview, source: str) -> pd.DataFrame:
+    """Feather bytes -> the frame ``pandas.read_feather`` gives the article, or BadCandles."""
+    return read_candle_table(data, source).to_pandas()
+
+
+def _check_values(times: np.ndarray, unit: str, tz: str, close: np.ndarray, source: str) -> None:
+    """times: int64 in ``unit`` since the epoch; close: float64."""
+    def when(i: int) -> pd.Timestamp:
+        return pd.Timestamp(int(times[i]), unit=unit, tz="UTC").tz_convert(tz)
+
+    if len(times) == 0:
+        raise BadCandles(f"{source}: no candles")
+    steps = np.diff(times)
+    if (steps <= 0).any():
+        dup = pd.Index(times).duplicated()
+        if dup.any():
+            raise BadCandles(f"{source}: {int(dup.sum())} duplicate candle_begin_time, "
+                             f"first {when(int(np.argmax(dup)))}")
+        raise BadCandles(f"{source}: candle_begin_time is not in increasing order")
+    bad = ~(close > 0)  # NaN compares False, so NaN is bad too
+    if bad.any():
+        raise BadCandles(f"{source}: {int(bad.sum())} close(s) NaN or <= 0, first at {when(int(np.argmax(bad)))}")
+
+
+def _check_columns(columns: list[str], source: str) -> None:
+    missing = [c for c in REQUIRED_CANDLE_COLUMNS if c not in columns]
     if missing:
         raise BadCandles(f"{source}: missing column(s) {', '.join(missing)}")
-    if df.empty:
-        raise BadCandles(f"{source}: no candles")
+
+
+def check_candles(df: pd.DataFrame, source: str) -> None:
+    """Reject frames the article would silently mis-compute: missing columns, bad times, bad closes."""
+    _check_columns(list(df.columns), source)
     times = df["candle_begin_time"]
     if not isinstance(times.dtype, pd.DatetimeTZDtype):
         raise BadCandles(f"{source}: candle_begin_time is {times.dtype}, not a timezone-aware timestamp")
-    dup = times.duplicated()
-    if dup.any():
-        raise BadCandles(f"{source}: {int(dup.sum())} duplicate candle_begin_time, first {times[dup].iloc[0]}")
-    if not times.is_monotonic_increasing:
-        raise BadCandles(f"{source}: candle_begin_time is not in increasing order")
-    close = pd.to_numeric(df["close"], errors="coerce")
-    bad = ~(close > 0)  # NaN compares False, so NaN is bad too
-    if bad.any():
-        raise BadCandles(
-            f"{source}: {int(bad.sum())} close(s) NaN or <= 0, first at {times[bad].iloc[0]}"
-        )
+    close = pd.to_numeric(df["close"], errors="coerce").to_numpy(dtype=float)
+    _check_values(times.array.asi8, times.dtype.unit, str(times.dtype.tz), close, source)
+
+
+def check_candle_table(table: pa.Table, source: str) -> None:
+    """check_candles for an Arrow table, without building a frame (the fast path)."""
+    _check_columns(table.column_names, source)
+    kind = table.schema.field("candle_begin_time").type
+    if not (pa.types.is_timestamp(kind) and kind.tz):
+        raise BadCandles(f"{source}: candle_begin_time is {kind}, not a timezone-aware timestamp")
+    try:
+        close = pc.cast(table["close"], pa.float64()).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise BadCandles(f"{source}: close is {table.schema.field('close').type}, not a number") from None
+    times = table["candle_begin_time"].to_numpy().view(np.int64)
+    _check_values(times, kind.unit, kind.tz, close, source)
 
 
 def lot_sizes(exginfo: pd.DataFrame) -> dict[str, Decimal | None]:

@@ -47,11 +47,17 @@ def available(kind: Kind, workdir: Path | None = None) -> list[str]:
     return sorted(names)
 
 
+def user_plugin(kind: Kind, name: str, workdir: Path | None) -> Path | None:
+    """The work directory's own copy of a plugin, which wins over the built-in one."""
+    path = Path(workdir) / kind / f"{name}.py" if workdir is not None else None
+    return path if path is not None and path.is_file() else None
+
+
 def load_signal(kind: Kind, name: str, workdir: Path | None = None) -> Callable[..., Any]:
     """The ``signal`` function of plugin ``name``; the work directory's copy wins over the built-in one."""
     module: ModuleType
-    user_file = Path(workdir) / kind / f"{name}.py" if workdir is not None else None
-    if user_file is not None and user_file.is_file():
+    user_file = user_plugin(kind, name, workdir)
+    if user_file is not None:
         spec = importlib.util.spec_from_file_location(f"alphabus_user_{kind}.{name}", user_file)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -74,25 +80,31 @@ def load_signal(kind: Kind, name: str, workdir: Path | None = None) -> Callable[
 class Calculator:
     """One configured plugin call: the article's FactorCalculator or FilterCalculator."""
 
-    def __init__(self, column: str, signal: Callable[..., Any], args: tuple[Any, ...]):
+    def __init__(self, column: str, signal: Callable[..., Any], args: tuple[Any, ...],
+                 kind: Kind | None = None, name: str | None = None, builtin: bool = False):
         self.column = column
         self._signal = signal
-        self._args = args
+        self.args = args
+        self.kind, self.name, self.builtin = kind, name, builtin
+
+    @classmethod
+    def _load(cls, kind: Kind, name: str, column: str, args: tuple, workdir: Path | None) -> Calculator:
+        return cls(column, load_signal(kind, name, workdir), args, kind, name,
+                   builtin=user_plugin(kind, name, workdir) is None)
 
     @classmethod
     def for_factor(cls, spec: FactorSpec, workdir: Path | None = None) -> Calculator:
-        signal = load_signal("factors", spec.name, workdir)
-        return cls(spec.column, signal, (int(spec.back_hour), spec.d_num))
+        return cls._load("factors", spec.name, spec.column, (int(spec.back_hour), spec.d_num), workdir)
 
     @classmethod
     def for_filter(cls, spec: FilterSpec, workdir: Path | None = None) -> Calculator:
-        return cls(spec.column, load_signal("filters", spec.name, workdir), (spec.param,))
+        return cls._load("filters", spec.name, spec.column, (spec.param,), workdir)
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         """Run the plugin on one symbol's frame, checking the article's contract."""
         rows, last_close = len(df), df["close"].iat[-1]
         try:
-            out = self._signal(df, *self._args, self.column)
+            out = self._signal(df, *self.args, self.column)
         except Exception as e:
             raise PluginError(f"{self.column}: {type(e).__name__}: {e}") from e
         if out is None:

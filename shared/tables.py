@@ -8,14 +8,22 @@ import pyarrow as pa
 
 def frame_to_ipc(df: pd.DataFrame) -> pa.Buffer:
     """Serialise a frame (index dropped) as one Arrow IPC stream buffer."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    return table_to_ipc(pa.Table.from_pandas(df, preserve_index=False))
+
+
+def table_to_ipc(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue()
 
 
-def ipc_to_frame(data: bytes | memoryview | pa.Buffer) -> pd.DataFrame:
-    """Inverse of frame_to_ipc; raises pyarrow.ArrowInvalid on malformed bytes."""
+def ipc_to_table(data: bytes | memoryview | pa.Buffer) -> pa.Table:
+    """Raises pyarrow.ArrowInvalid on malformed bytes."""
     with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
-        return reader.read_all().to_pandas()
+        return reader.read_all()
+
+
+def ipc_to_frame(data: bytes | memoryview | pa.Buffer) -> pd.DataFrame:
+    """Inverse of frame_to_ipc."""
+    return ipc_to_table(data).to_pandas()

@@ -1,4 +1,15 @@
-"""One symbol's factor row from its candle file: the article's per-symbol loop body, guarded."""
+"""One symbol's factor row from its candle file: the article's per-symbol loop body, guarded.
+
+Two ways to compute the row, chosen once per worker:
+
+* the plugin path (the reference, and the only way for users' own plugins): the
+  whole candle frame through every ``signal``, then its newest row;
+* the kernel path (``kernels.py``): when every configured plugin is a built-in
+  one with a kernel, the newest values straight from the Arrow columns.
+
+Both return the same one-row Arrow table: the newest candle's columns, then
+``symbol``, then the factor and filter columns.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +17,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import pandas as pd
+import pyarrow as pa
 
-from shared.bmac import BadCandles, check_candles, decode_candles
+from services.factor.kernels import Kernel, kernel_for
+from shared.bmac import BadCandles, check_candle_table, read_candle_table
 from shared.messages import Skip
 from shared.plugins import Calculator, PluginError
 
@@ -20,35 +33,72 @@ class Skipped(Exception):
         super().__init__(f"{skip.symbol}: {skip.reason}: {skip.detail}")
 
 
-def factor_row(
-    data: bytes | memoryview,
-    source: str,
-    symbol: str,
-    calculators: Sequence[Calculator],
-    min_candle_num: int,
-    closed_candle_begin: datetime,
-) -> pd.DataFrame:
-    """The newest candle's row with every factor and filter column, as a one-row frame.
-
-    ``closed_candle_begin`` is the open time of the candle that just closed
-    (run_time - interval); a file whose newest candle is older is stale.
-    """
+def _usable_table(data: bytes | memoryview, source: str, symbol: str, min_candle_num: int,
+                  closed_candle_begin: datetime) -> pa.Table:
+    """Decode and check; ``closed_candle_begin`` is the open time of the candle that just closed."""
     try:
-        df = decode_candles(data, source)
-        check_candles(df, source)
+        table = read_candle_table(data, source)
+        check_candle_table(table, source)
     except BadCandles as e:
         raise Skipped(Skip(symbol=symbol, reason="bad_data", detail=str(e))) from None
-    if len(df) < min_candle_num:
+    if table.num_rows < min_candle_num:
         raise Skipped(Skip(symbol=symbol, reason="too_few_candles",
-                           detail=f"{len(df)} candles < min_candle_num {min_candle_num}"))
-    newest = df["candle_begin_time"].iat[-1]
+                           detail=f"{table.num_rows} candles < min_candle_num {min_candle_num}"))
+    newest = table["candle_begin_time"][-1].as_py()
     if newest != closed_candle_begin:
         raise Skipped(Skip(symbol=symbol, reason="stale",
-                           detail=f"newest candle opens {newest}, expected {closed_candle_begin}"))
-    df["symbol"] = symbol
-    try:
-        for calc in calculators:
-            df = calc(df)
-    except PluginError as e:
-        raise Skipped(Skip(symbol=symbol, reason="error", detail=str(e))) from None
-    return df.iloc[[-1]]
+                           detail=f"newest candle opens {pd.Timestamp(newest)}, expected {closed_candle_begin}"))
+    return table.replace_schema_metadata(None)
+
+
+class PluginRows:
+    """The article's way: every plugin on the whole frame, keep the newest row."""
+
+    def __init__(self, calculators: Sequence[Calculator]):
+        self.calculators = list(calculators)
+
+    def __call__(self, table: pa.Table, symbol: str) -> pa.Table:
+        df = table.to_pandas()
+        df["symbol"] = symbol
+        try:
+            for calc in self.calculators:
+                df = calc(df)
+        except PluginError as e:
+            raise Skipped(Skip(symbol=symbol, reason="error", detail=str(e))) from None
+        return pa.Table.from_pandas(df.iloc[[-1]], preserve_index=False).replace_schema_metadata(None)
+
+
+class KernelRows:
+    """The fast path: the newest factor values straight from the columns."""
+
+    def __init__(self, columns: list[str], kernels: list[Kernel]):
+        self.columns, self.kernels = columns, kernels
+
+    @classmethod
+    def for_calculators(cls, calculators: Sequence[Calculator]) -> KernelRows | None:
+        """Only when every plugin is a built-in one with a kernel (a user's file always runs as written)."""
+        kernels = [kernel_for(c.kind, c.name, c.args) if c.builtin else None for c in calculators]
+        if any(k is None for k in kernels):
+            return None
+        return cls([c.column for c in calculators], kernels)  # type: ignore[arg-type]
+
+    def __call__(self, table: pa.Table, symbol: str) -> pa.Table:
+        arrays = {c: table[c].to_numpy() for c in ("close", "high", "low", "quote_volume")}
+        row = table.slice(table.num_rows - 1, 1)
+        row = row.append_column("symbol", pa.array([symbol], pa.large_string()))
+        for column, kernel in zip(self.columns, self.kernels, strict=True):
+            row = row.append_column(column, pa.array([kernel(arrays)], pa.float64(), from_pandas=True))
+        return row
+
+
+def row_builder(calculators: Sequence[Calculator], fast: bool = True) -> PluginRows | KernelRows:
+    return (KernelRows.for_calculators(calculators) if fast else None) or PluginRows(calculators)
+
+
+def factor_row(data: bytes | memoryview, source: str, symbol: str, build: PluginRows | KernelRows,
+               min_candle_num: int, closed_candle_begin: datetime) -> pa.Table:
+    """The newest candle's row with every factor and filter column, as a one-row table."""
+    table = _usable_table(data, source, symbol, min_candle_num, closed_candle_begin)
+    return build(table, symbol)
+
+

@@ -14,17 +14,17 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
+import pyarrow as pa
 import zmq
 
-from services.factor.compute import Skipped, factor_row
+from services.factor.compute import PluginRows, Skipped, factor_row, row_builder
 from shared import bus
 from shared.clock import parse_interval
 from shared.config import SelectorConfig
 from shared.messages import BadMessage, Candles, Envelope, FactorResults, RoundClosed, Skip, recv
 from shared.plugins import build_calculators
 from shared.service import HeartbeatTimer, StopFlag
-from shared.tables import frame_to_ipc
+from shared.tables import table_to_ipc
 
 log = logging.getLogger("factor")
 BATCH = 64
@@ -41,11 +41,13 @@ class RoundTally:
 
 class FactorWorker:
     def __init__(self, cfg: SelectorConfig, workdir: Path, shard: bus.Shard,
-                 sub: zmq.Socket, out: zmq.Socket, stop: StopFlag):
+                 sub: zmq.Socket, out: zmq.Socket, stop: StopFlag, fast: bool = True):
         self.cfg = cfg
         self.shard = shard
         self.interval = parse_interval(cfg.interval)
-        self.calculators = build_calculators(cfg.factor, cfg.filters, workdir)
+        self.build = row_builder(build_calculators(cfg.factor, cfg.filters, workdir), fast=fast)
+        log.info("factor rows by the %s", "built-in kernels (fast path)" if not isinstance(
+            self.build, PluginRows) else "plugins' signal functions")
         self.sub, self.out, self.stop = sub, out, stop
         self.pub = bus.Publisher(out, bus.identity(f"factor-{shard.label}"))
         self.heartbeat = HeartbeatTimer(self.pub, "factor")
@@ -89,7 +91,7 @@ class FactorWorker:
             by_round[env.body.run_time].append(env)
         for run_time, envs in by_round.items():
             t0 = time.perf_counter()
-            rows: list[pd.DataFrame] = []
+            rows: list[pa.Table] = []
             symbols: list[str] = []
             skipped: list[Skip] = []
             closed_begin = run_time - self.interval
@@ -99,7 +101,7 @@ class FactorWorker:
                     continue
                 try:
                     data = env.payloads[0] if env.payloads else b""
-                    rows.append(factor_row(data, body.path, body.symbol, self.calculators,
+                    rows.append(factor_row(data, body.path, body.symbol, self.build,
                                            self.cfg.min_candle_num, closed_begin))
                     symbols.append(body.symbol)
                 except Skipped as s:
@@ -110,8 +112,7 @@ class FactorWorker:
                     skipped.append(Skip(symbol=body.symbol, reason="error", detail=f"{type(e).__name__}: {e}"))
                     log.exception("round %s: %s failed", run_time.isoformat(), body.symbol)
             compute_ms = (time.perf_counter() - t0) * 1000
-            table = pd.concat(rows, ignore_index=True) if rows else None
-            payloads = [frame_to_ipc(table)] if table is not None else []
+            payloads = [table_to_ipc(pa.concat_tables(rows, promote_options="default"))] if rows else []
             self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
                 run_time=run_time, shard=str(self.shard), symbols=symbols, skipped=skipped,
                 last_ready_at=max(e.body.ready_at for e in envs), compute_ms=compute_ms), payloads)
@@ -151,7 +152,7 @@ class FactorWorker:
         return 0
 
 
-def main(cfg: SelectorConfig, workdir: Path, shard: bus.Shard) -> int:
+def main(cfg: SelectorConfig, workdir: Path, shard: bus.Shard, fast: bool = True) -> int:
     stop = StopFlag()
     ctx = bus.context()
     sub = ctx.socket(zmq.SUB)
@@ -164,7 +165,7 @@ def main(cfg: SelectorConfig, workdir: Path, shard: bus.Shard) -> int:
     out.connect(position)
     log.info("factor shard %s: SUB connected to market %s, results to position %s", shard, market, position)
     try:
-        return FactorWorker(cfg, workdir, shard, sub, out, stop).run()
+        return FactorWorker(cfg, workdir, shard, sub, out, stop, fast).run()
     finally:
         bus.close_all(sub, out)
         ctx.term()

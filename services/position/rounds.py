@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from services.position.select import apply_pre_filters, drop_non_finite, select_sides, size_side
 from shared.config import SelectorConfig
@@ -20,7 +22,8 @@ class RoundState:
 
     open: RoundOpen
     opened_at: float = field(default_factory=time.monotonic)
-    rows: dict[str, pd.DataFrame] = field(default_factory=dict)
+    tables: list[pa.Table] = field(default_factory=list)  # as received; converted once, at the end
+    rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # symbol -> (table, row)
     skipped: dict[str, str] = field(default_factory=dict)
     closed_at: float | None = None
     last_ready_at: datetime | None = None
@@ -31,13 +34,14 @@ class RoundState:
     def universe(self) -> list[str]:
         return [s.symbol for s in self.open.symbols]
 
-    def add_results(self, body: FactorResults, rows: pd.DataFrame | None) -> None:
+    def add_results(self, body: FactorResults, rows: pa.Table | None) -> None:
         universe = set(self.universe)
         self.shards.add(body.shard)
         if rows is not None:
+            self.tables.append(rows)
             for i, symbol in enumerate(body.symbols):
                 if symbol in universe:
-                    self.rows[symbol] = rows.iloc[[i]]
+                    self.rows[symbol] = (len(self.tables) - 1, i)
         for skip in body.skipped:
             if skip.symbol in universe:
                 self.skipped[skip.symbol] = f"{skip.reason}: {skip.detail}"
@@ -54,6 +58,15 @@ class RoundState:
     def _note_ready(self, t: datetime | None) -> None:
         if t is not None and (self.last_ready_at is None or t > self.last_ready_at):
             self.last_ready_at = t
+
+    def factor_table(self) -> pd.DataFrame:
+        """Every received row, in universe order, as one frame: one Arrow concat, one conversion."""
+        order = [self.rows[s] for s in self.universe if s in self.rows]
+        if not order:
+            return pd.DataFrame()
+        offsets = np.cumsum([0] + [t.num_rows for t in self.tables])
+        table = pa.concat_tables(self.tables, promote_options="default")
+        return table.take(pa.array([offsets[t] + i for t, i in order])).to_pandas()
 
     def missing(self) -> list[str]:
         return [s for s in self.universe if s not in self.rows and s not in self.skipped]
@@ -109,8 +122,7 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
                     previous: Previous | None = None, expected_shards: list[str] | None = None) -> Built:
     """The article's steps 4-6 on the gathered rows: nan/inf filter, pre-filters, select, size."""
     universe = state.universe
-    frames = [state.rows[s] for s in universe if s in state.rows]
-    factors = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    factors = state.factor_table()
     face_values: dict[str, Decimal] = {s.symbol: s.face_value for s in state.open.symbols if s.face_value}
     skipped = dict(state.skipped)
     if factors.empty:

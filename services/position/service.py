@@ -42,7 +42,7 @@ from shared.messages import (
     recv,
 )
 from shared.service import HeartbeatTimer, StopFlag
-from shared.tables import frame_to_ipc, ipc_to_frame
+from shared.tables import frame_to_ipc, ipc_to_table
 
 log = logging.getLogger("position")
 PENDING_TTL_SEC = 600.0
@@ -154,7 +154,7 @@ class Position:
             rows = None
             if env.payloads:
                 try:
-                    rows = ipc_to_frame(env.payloads[0])
+                    rows = ipc_to_table(env.payloads[0])
                 except Exception as e:
                     self.bad_messages += 1
                     log.warning("round %s: unreadable factor table from shard %s (%s); its %d symbols "
