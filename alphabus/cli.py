@@ -32,7 +32,8 @@ def cmd_market(args: argparse.Namespace) -> int:
     workdir = _workdir(args.workdir)
     cfg = _config(workdir)
     run_time = parse_run_time(args.run_time, zone(cfg.timezone)) if args.run_time else None
-    return service.main(cfg, clock=args.clock, run_time=run_time, await_subscribers=args.await_subscribers)
+    return service.main(cfg, clock=args.clock, run_time=run_time, await_subscribers=args.await_subscribers,
+                        replay=args.replay, first_hour=args.first_hour, hours=args.hours)
 
 
 def cmd_factor(args: argparse.Namespace) -> int:
@@ -152,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run-time", help="run this one round (ISO 8601; naive = crawler timezone) and exit")
     sp.add_argument("--await-subscribers", type=float, default=10.0, metavar="SEC",
                     help="hold the first round up to SEC seconds until position and every shard subscribed")
+    sp.add_argument("--replay", type=Path, metavar="DATA_DIR",
+                    help="instead of a crawler, replay a real data set (../shared/data/binance_usdm_1h) from "
+                         "memory, round after round as fast as the stack goes; then exit")
+    sp.add_argument("--first-hour", type=int, help="with --replay: the candle index of the first round")
+    sp.add_argument("--hours", type=int, help="with --replay: how many rounds (default: all)")
     sp.set_defaults(func=cmd_market)
 
     sp = sub.add_parser("factor", help="factor layer: compute factors and filters for one shard of symbols")

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from shared.bmac import CANDLE_COLUMNS, EXGINFO_COLUMNS, BmacDir
 from shared.clock import DEFAULT_TZ, zone
@@ -337,6 +338,7 @@ class ReplayMarket:
         if self._first < 1 or self.hours < 1:
             raise ValueError(f"first_hour {self._first} is outside the data's {count} candles")
         self._rows = _split(candles["symbol"].to_numpy())
+        self._table: pa.Table | None = None
         self.symbols = list(self._rows)
         self._begin_ms = begin_ms
         self._times = _times(begin_ms, tz)
@@ -379,19 +381,42 @@ class ReplayMarket:
                 rows.append(last)
         return _funding_frame(symbols, self._funding_rate[rows], self._funding_ms[rows], self.tz)
 
-    def candles(self, k: int) -> dict[str, pd.DataFrame]:
+    def _windows(self, k: int) -> dict[str, slice]:
+        """Each listed symbol's rows in the file of hour k: up to ``history`` ending at the closed candle."""
         closed_ms = _ms(self.run_time(k)) - HOUR_MS  # the newest candle is the one that just closed
-        frames = {}
+        windows = {}
         for symbol, rs in self._rows.items():
             end = rs.start + int(np.searchsorted(self._begin_ms[rs], closed_ms, side="right"))
             lo = max(rs.start, end - self.history)
-            if end == lo:
-                continue  # not listed yet
-            cols = {c: a[lo:end] for c, a in self._cols.items()}
-            nan = np.full(end - lo, np.nan)  # the source has no taker columns; keep the crawler's schema
-            cols |= {"taker_buy_base_asset_volume": nan, "taker_buy_quote_asset_volume": nan.copy()}
-            frames[symbol] = _candle_frame(self._times[lo:end], self._begin_ms[lo:end], cols)
-        return frames
+            if end > lo:  # else not listed yet
+                windows[symbol] = slice(lo, end)
+        return windows
+
+    def _frame(self, rows: slice) -> pd.DataFrame:
+        cols = {c: a[rows] for c, a in self._cols.items()}
+        nan = np.full(rows.stop - rows.start, np.nan)  # the source has no taker columns; keep the crawler's schema
+        cols |= {"taker_buy_base_asset_volume": nan, "taker_buy_quote_asset_volume": nan.copy()}
+        return _candle_frame(self._times[rows], self._begin_ms[rows], cols)
+
+    def candles(self, k: int) -> dict[str, pd.DataFrame]:
+        return {symbol: self._frame(rows) for symbol, rows in self._windows(k).items()}
+
+    def candle_files(self, k: int) -> dict[str, pa.Buffer]:
+        """Hour k's candle files as the feather bytes the crawler would write, without a disk.
+
+        One Arrow table of the whole data set is built once; each file is a zero-copy slice of it
+        serialised (the market's in-memory replay: many rounds a second).
+        """
+        if self._table is None:
+            self._table = pa.Table.from_pandas(self._frame(slice(0, len(self._begin_ms))), preserve_index=False)
+        files = {}
+        for symbol, rows in self._windows(k).items():
+            sink = pa.BufferOutputStream()
+            window = self._table.slice(rows.start, rows.stop - rows.start)
+            with pa.ipc.new_file(sink, window.schema) as writer:
+                writer.write_table(window)
+            files[symbol] = sink.getvalue()
+        return files
 
 
 # -- writing ------------------------------------------------------------------------------------------

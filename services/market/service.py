@@ -20,17 +20,20 @@ from typing import Literal
 
 import zmq
 
+from services.market.feeds import DirectoryFeed, ReplayFeed
 from services.market.subscribers import Subscriptions
 from shared import bus
 from shared.bmac import BmacDir, lot_sizes
 from shared.clock import next_boundary, parse_interval, ready_stamp, zone
 from shared.config import SelectorConfig, resolve_bmac_dir
-from shared.messages import Candles, RoundClosed, RoundOpen, SymbolSpec
+from shared.messages import Candles, RoundClosed, RoundOpen, SymbolSpec, recv
 from shared.service import POLL_MS, HeartbeatTimer, StopFlag
 
 log = logging.getLogger("market")
 Clock = Literal["wall", "follow"]
 REJOIN_WAIT_SEC = 3.0
+REPLAY_IN_FLIGHT = 4
+REPLAY_STALL_SEC = 30.0
 
 
 def _decimal_or_none(value):
@@ -48,11 +51,13 @@ def _funding(df) -> dict[str, float | None]:
 
 
 class Market:
-    def __init__(self, cfg: SelectorConfig, sock: zmq.Socket, stop: StopFlag, await_subscribers: float):
+    def __init__(self, cfg: SelectorConfig, sock: zmq.Socket, stop: StopFlag, await_subscribers: float,
+                 feed: DirectoryFeed | ReplayFeed | None = None):
         self.cfg = cfg
         self.tz = zone(cfg.timezone)
         self.interval = parse_interval(cfg.interval)
         self.bmac = BmacDir(resolve_bmac_dir(cfg), cfg.interval)
+        self.feed = feed or DirectoryFeed(self.bmac)
         self.sock = sock
         self.pub = bus.Publisher(sock, bus.identity("market"))
         self.heartbeat = HeartbeatTimer(self.pub, "market")
@@ -61,6 +66,9 @@ class Market:
         self.await_subscribers = await_subscribers
         self.last_run_time: datetime | None = None
         self._orphans_logged: set[str] = set()
+        if isinstance(self.feed, ReplayFeed):
+            log.info("rounds from %s", self.feed.describe())
+            return
         log.info("reading the crawler's directory %s (bmac_dir %r, interval %s, timezone %s)",
                  self.bmac.root, cfg.bmac_dir, cfg.interval, cfg.timezone)
         if not self.bmac.root.is_dir():
@@ -124,20 +132,19 @@ class Market:
         """Announce and feed one round. Returns False when the crawler never delivered exginfo."""
         started = time.monotonic()
         deadline = started + self.cfg.bmac_expire_sec
-        for what, path in (("exginfo", self.bmac.exginfo_ready(run_time)),
-                           ("funding", self.bmac.funding_ready(run_time))):
+        for what, path in self.feed.awaited(run_time):
             if not self.wait_for_file(path, deadline):
                 if not self.stop:
                     log.error("round %s skipped: the crawler's %s marker %s did not appear within "
                               "bmac_expire_sec=%gs", run_time.isoformat(), what, path, self.cfg.bmac_expire_sec)
                 return False
         try:
-            exginfo = self.bmac.read_exginfo()
-            funding = _funding(self.bmac.read_funding())
+            exginfo = self.feed.exginfo(run_time)
+            funding = _funding(self.feed.funding(run_time))
             specs = self._symbol_specs(exginfo)
         except Exception as e:
-            log.error("round %s skipped: cannot read exginfo/funding in %s: %s: %s",
-                      run_time.isoformat(), self.bmac.exginfo_dir, type(e).__name__, e)
+            log.error("round %s skipped: cannot read exginfo/funding from %s: %s: %s",
+                      run_time.isoformat(), self.feed.describe(), type(e).__name__, e)
             return False
         universe = [s.symbol for s in specs]
         self._log_orphans(set(universe))
@@ -148,7 +155,7 @@ class Market:
         pending = set(universe)
         last_ready_at: datetime | None = None
         while pending and not self.stop:
-            ready = self.bmac.ready_candles(run_time) & pending
+            ready = self.feed.ready_candles(run_time) & pending
             for symbol in sorted(ready):
                 self._publish_candles(run_time, symbol)
             if ready:
@@ -158,7 +165,7 @@ class Market:
             if time.monotonic() > deadline:
                 break
             self.pump(2)
-        missing = {s: self._why_missing(s, run_time) for s in sorted(pending)}
+        missing = {s: self.feed.why_missing(s, run_time) for s in sorted(pending)}
         self.pub.send(bus.ROUND_CLOSED, RoundClosed(run_time=run_time, missing=missing, last_ready_at=last_ready_at))
         log.info("round %s: %d symbols published, %d missing%s, %.0f ms from exginfo to last ready",
                  run_time.isoformat(), len(universe) - len(pending), len(pending),
@@ -182,30 +189,50 @@ class Market:
         return specs
 
     def _publish_candles(self, run_time: datetime, symbol: str) -> None:
-        path = self.bmac.candle_path(symbol)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            log.error("%s: ready marker present but %s unreadable: %s", symbol, path, e)
-            data = b""
+        data, source = self.feed.candle(symbol)
+        if not data:
+            log.error("%s: ready marker present but the file is unreadable: %s", symbol, source)
         self.pub.send(bus.candle_topic(symbol),
-                      Candles(run_time=run_time, symbol=symbol, path=str(path), ready_at=datetime.now(UTC)),
+                      Candles(run_time=run_time, symbol=symbol, path=source, ready_at=datetime.now(UTC)),
                       [data])
 
-    def _why_missing(self, symbol: str, run_time: datetime) -> str:
-        if not self.bmac.candle_path(symbol).exists():
-            return f"no candle file {self.bmac.candle_path(symbol)}"
-        return f"no ready marker {self.bmac.candle_ready(symbol, run_time).name} within bmac_expire_sec"
-
     def _log_orphans(self, universe: set[str]) -> None:
-        orphans = self.bmac.candle_symbols() - universe
+        orphans = self.feed.candle_symbols() - universe
         new = orphans - self._orphans_logged
         for symbol in sorted(new):
             log.warning("%s: candle file %s has no exginfo row; it is not traded", symbol,
-                        self.bmac.candle_path(symbol))
+                        self.feed.candle_source(symbol))
         self._orphans_logged |= new
 
     # -- the loop -----------------------------------------------------------------------------
+    def replay(self, progress: zmq.Socket, hours: int | None, in_flight: int = REPLAY_IN_FLIGHT) -> int:
+        """Rounds back to back, at most ``in_flight`` ahead of the selections coming back."""
+        assert isinstance(self.feed, ReplayFeed)
+        total = min(hours or self.feed.market.hours, self.feed.market.hours)
+        done: set[datetime] = set()
+        started = time.monotonic()
+        for k in range(total):
+            run_time = self.feed.run_time(k)
+            stalled = time.monotonic() + REPLAY_STALL_SEC
+            while not self.stop and k - len(done) >= in_flight:
+                if progress.poll(5):
+                    done.add(recv(progress).body.run_time)
+                elif time.monotonic() > stalled:
+                    log.warning("replay: no selection for %ss; going on", REPLAY_STALL_SEC)
+                    break
+                self.pump(0)
+            if self.stop:
+                break
+            self.run_round(run_time)
+            self.last_run_time = run_time
+        deadline = time.monotonic() + REPLAY_STALL_SEC
+        while not self.stop and len(done) < total and time.monotonic() < deadline:
+            if progress.poll(20):
+                done.add(recv(progress).body.run_time)
+        elapsed = time.monotonic() - started
+        log.info("replay: %d rounds in %.2fs, %.1f rounds/s", len(done), elapsed, len(done) / elapsed)
+        return 0
+
     def run(self, clock: Clock, run_time: datetime | None) -> int:
         self.wait_for_subscribers(self.await_subscribers)
         if run_time is not None:
@@ -230,7 +257,8 @@ class Market:
 
 
 def main(cfg: SelectorConfig, clock: Clock = "wall", run_time: datetime | None = None,
-         await_subscribers: float = 10.0) -> int:
+         await_subscribers: float = 10.0, replay: Path | None = None, first_hour: int | None = None,
+         hours: int | None = None) -> int:
     stop = StopFlag()
     ctx = bus.context()
     sock = ctx.socket(zmq.XPUB)
@@ -238,10 +266,20 @@ def main(cfg: SelectorConfig, clock: Clock = "wall", run_time: datetime | None =
     sock.setsockopt(zmq.SNDHWM, 0)
     address = bus.endpoint("ALPHABUS_MARKET_PUB")
     sock.bind(bus.bind_address(address))
-    log.info("market PUB bound at %s (clock %s)", address, clock)
+    log.info("market PUB bound at %s (%s)", address, f"replaying {replay}" if replay else f"clock {clock}")
+    progress = None
     try:
-        return Market(cfg, sock, stop, await_subscribers).run(clock, run_time)
+        if replay is None:
+            return Market(cfg, sock, stop, await_subscribers).run(clock, run_time)
+        progress = ctx.socket(zmq.SUB)  # selections coming back pace the replay
+        progress.connect(bus.endpoint("ALPHABUS_SELECTION_PUB"))
+        progress.setsockopt_string(zmq.SUBSCRIBE, bus.SELECTION)
+        market = Market(cfg, sock, stop, await_subscribers, ReplayFeed(replay, cfg.timezone, first_hour))
+        market.wait_for_subscribers(await_subscribers)
+        return market.replay(progress, hours)
     finally:
+        if progress is not None:
+            progress.close(0)
         sock.close(linger=2000)
         ctx.term()
 

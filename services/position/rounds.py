@@ -30,12 +30,12 @@ class RoundState:
     shards: set[str] = field(default_factory=set)
     late: set[str] = field(default_factory=set)
 
-    @property
-    def universe(self) -> list[str]:
-        return [s.symbol for s in self.open.symbols]
+    def __post_init__(self) -> None:
+        self.universe = [s.symbol for s in self.open.symbols]
+        self._members = set(self.universe)
 
     def add_results(self, body: FactorResults, rows: pa.Table | None) -> None:
-        universe = set(self.universe)
+        universe = self._members
         self.shards.add(body.shard)
         if rows is not None:
             self.tables.append(rows)
@@ -59,20 +59,20 @@ class RoundState:
         if t is not None and (self.last_ready_at is None or t > self.last_ready_at):
             self.last_ready_at = t
 
-    def factor_table(self) -> pd.DataFrame:
-        """Every received row, in universe order, as one frame: one Arrow concat, one conversion."""
+    def factor_table(self) -> pa.Table | None:
+        """Every received row, in universe order: one Arrow concat and take, no per-row work."""
         order = [self.rows[s] for s in self.universe if s in self.rows]
         if not order:
-            return pd.DataFrame()
+            return None
         offsets = np.cumsum([0] + [t.num_rows for t in self.tables])
         table = pa.concat_tables(self.tables, promote_options="default")
-        return table.take(pa.array([offsets[t] + i for t, i in order])).to_pandas()
+        return table.take(pa.array([offsets[t] + i for t, i in order]))
 
     def missing(self) -> list[str]:
         return [s for s in self.universe if s not in self.rows and s not in self.skipped]
 
     def complete(self) -> bool:
-        return not self.missing()
+        return len(self.rows) + len(self.skipped) >= len(self.universe) and not self.missing()
 
     def deadline(self, grace: float) -> float:
         """When to stop waiting: grace after the market closed the round, or after its expiry."""
@@ -108,6 +108,7 @@ class Built:
     factors: pd.DataFrame
     long: pd.DataFrame
     short: pd.DataFrame
+    factor_table: pa.Table  # the factors as received: published without another conversion
 
 
 def _picks(side: pd.DataFrame, factor: str, filters: list[str]) -> list[Pick]:
@@ -122,7 +123,8 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
                     previous: Previous | None = None, expected_shards: list[str] | None = None) -> Built:
     """The article's steps 4-6 on the gathered rows: nan/inf filter, pre-filters, select, size."""
     universe = state.universe
-    factors = state.factor_table()
+    table = state.factor_table()
+    factors = table.to_pandas() if table is not None else pd.DataFrame()
     face_values: dict[str, Decimal] = {s.symbol: s.face_value for s in state.open.symbols if s.face_value}
     skipped = dict(state.skipped)
     if factors.empty:
@@ -164,4 +166,4 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
         previous=previous.targets,
         changes=target_changes(targets, previous.targets),
     )
-    return Built(selection, factors, long, short)
+    return Built(selection, factors, long, short, table if table is not None else pa.table({}))

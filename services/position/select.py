@@ -21,7 +21,11 @@ from shared.config import PreFilterRule
 
 def drop_non_finite(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Rows whose factor and filter values are all finite (the article's nan/inf filter)."""
-    values = df[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    block = df[list(columns)]
+    try:
+        values = block.to_numpy(dtype=float)
+    except (TypeError, ValueError):  # a plugin returned something other than numbers: not finite
+        values = block.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     return df[np.isfinite(values).all(axis=1)]
 
 

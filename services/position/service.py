@@ -42,7 +42,7 @@ from shared.messages import (
     recv,
 )
 from shared.service import HeartbeatTimer, StopFlag
-from shared.tables import frame_to_ipc, ipc_to_table
+from shared.tables import frame_to_ipc, ipc_to_table, table_to_ipc
 
 log = logging.getLogger("position")
 PENDING_TTL_SEC = 600.0
@@ -213,7 +213,7 @@ class Position:
                         ", ".join(cov.silent_shards) or "none", policy)
             if policy == "withhold":
                 return
-        payloads = [frame_to_ipc(built.factors), frame_to_ipc(_as_text(built.long)),
+        payloads = [table_to_ipc(built.factor_table), frame_to_ipc(_as_text(built.long)),
                     frame_to_ipc(_as_text(built.short))]
         self.store.add(sel, self.pub.send(bus.SELECTION, sel, payloads))
         short = sel.shortfall

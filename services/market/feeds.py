@@ -1,0 +1,99 @@
+"""Where a round's files come from: the crawler's directory, or the real data set replayed from memory."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from shared.bmac import BmacDir
+
+
+class DirectoryFeed:
+    """The crawler's directory: markers say what is ready, files are read as written."""
+
+    def __init__(self, bmac: BmacDir):
+        self.bmac = bmac
+
+    def describe(self) -> str:
+        return f"the crawler's directory {self.bmac.root}"
+
+    def awaited(self, run_time: datetime) -> list[tuple[str, Path]]:
+        """What must exist before the round starts (exginfo and funding markers)."""
+        return [("exginfo", self.bmac.exginfo_ready(run_time)), ("funding", self.bmac.funding_ready(run_time))]
+
+    def exginfo(self, run_time: datetime) -> pd.DataFrame:
+        return self.bmac.read_exginfo()
+
+    def funding(self, run_time: datetime) -> pd.DataFrame:
+        return self.bmac.read_funding()
+
+    def candle_symbols(self) -> set[str]:
+        return self.bmac.candle_symbols()
+
+    def ready_candles(self, run_time: datetime) -> set[str]:
+        return self.bmac.ready_candles(run_time)
+
+    def candle_source(self, symbol: str) -> str:
+        return str(self.bmac.candle_path(symbol))
+
+    def candle(self, symbol: str) -> tuple[bytes, str]:
+        """The file's bytes (empty if unreadable: the factor worker reports it) and its path."""
+        path = self.bmac.candle_path(symbol)
+        try:
+            return path.read_bytes(), str(path)
+        except OSError as e:
+            return b"", f"{path} ({e})"
+
+    def why_missing(self, symbol: str, run_time: datetime) -> str:
+        if not self.bmac.candle_path(symbol).exists():
+            return f"no candle file {self.bmac.candle_path(symbol)}"
+        return f"no ready marker {self.bmac.candle_ready(symbol, run_time).name} within bmac_expire_sec"
+
+
+class ReplayFeed:
+    """The real data set, hour after hour as fast as the stack goes, with no disk in between."""
+
+    def __init__(self, data_dir: Path, tz: str, first_hour: int | None = None):
+        from alphabus.sim import ReplayMarket
+
+        self.data_dir = data_dir
+        self.market = ReplayMarket(data_dir, first_hour=first_hour, tz=tz)
+        self.hour = 0
+        self._files: dict[str, object] = {}
+
+    def describe(self) -> str:
+        return f"a replay of {self.data_dir} ({self.market.hours} hours)"
+
+    def run_time(self, k: int) -> datetime:
+        return self.market.run_time(k)
+
+    def awaited(self, run_time: datetime) -> list[tuple[str, Path]]:
+        return []
+
+    def exginfo(self, run_time: datetime) -> pd.DataFrame:
+        return self.market.exginfo()
+
+    def funding(self, run_time: datetime) -> pd.DataFrame:
+        self.hour = self._hour_of(run_time)
+        self._files = self.market.candle_files(self.hour)
+        return self.market.funding(self.hour)
+
+    def _hour_of(self, run_time: datetime) -> int:
+        return round((run_time - self.market.run_time(0)).total_seconds() / 3600)
+
+    def candle_symbols(self) -> set[str]:
+        return set(self.market.symbols)
+
+    def ready_candles(self, run_time: datetime) -> set[str]:
+        return set(self._files)
+
+    def candle_source(self, symbol: str) -> str:
+        return f"{self.data_dir}:{symbol}"
+
+    def candle(self, symbol: str) -> tuple[object, str]:
+        return self._files[symbol], f"{self.candle_source(symbol)}@{self.hour}"
+
+    def why_missing(self, symbol: str, run_time: datetime) -> str:
+        return "not listed yet in the replayed data"
