@@ -455,6 +455,20 @@ def write_hour(bmac: BmacDir, market: Market, k: int, spread_sec: float = 0.0,
     return run_time
 
 
+def _resume_hour(bmac: BmacDir, market: Market) -> int:
+    """A restarted sim carries on after the newest hour on disk, so readers following its clock never wait
+    for hours they have already seen to come round again."""
+    stamp = bmac.latest_exginfo_stamp()
+    if stamp is None:
+        return 0
+    newest = datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=market.run_time(0).tzinfo)
+    k = round((newest - market.run_time(0)).total_seconds() / 3600)
+    try:
+        return k + 1 if k >= 0 and market.run_time(k) == newest else 0
+    except IndexError:
+        return 0
+
+
 def _clear_ready_markers(bmac: BmacDir) -> int:
     """A restarted sim must not leave markers that make a reader take old files for the new hour."""
     stale = [p for d in (bmac.exginfo_dir, bmac.candle_dir) if d.is_dir() for p in d.glob("*.ready")]
@@ -481,14 +495,16 @@ def run(out_dir: Path, *, symbols: int = 60, seed: int = 7, history: int = 1500,
         limit = hours
         what = f"synthetic market ({symbols} symbols, seed {seed})"
     bmac = BmacDir(out_dir, "1h")
+    first = _resume_hour(bmac, market)
     removed = _clear_ready_markers(bmac)
-    log.info("sim writing %s into %s: history %d, an hour every %gs, symbols spread over %gs%s",
+    log.info("sim writing %s into %s: history %d, an hour every %gs, symbols spread over %gs%s%s",
              what, bmac.root, history, hour_seconds, spread_sec,
-             f", {removed} stale ready markers removed" if removed else "")
+             f", {removed} stale ready markers removed" if removed else "",
+             f", resuming after hour {first - 1} already written" if first else "")
     if spread_sec >= hour_seconds:
         log.warning("spread_sec %g >= hour_seconds %g: hours will run late", spread_sec, hour_seconds)
-    t0 = time.monotonic()
-    k, behind = 0, False
+    t0 = time.monotonic() - first * hour_seconds
+    k, behind = first, False
     while limit is None or k < limit:
         if not _sleep_until(t0 + k * hour_seconds, stop):
             break

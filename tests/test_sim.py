@@ -294,3 +294,14 @@ def test_run_replays_until_the_data_ends(tmp_path, replay, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sim hour")]
     assert len(lines) == 3 and "wrote 100 symbols" in lines[-1]
     assert any("replay data ends after 3 hours" in r.getMessage() for r in caplog.records)
+
+
+def test_a_restarted_sim_resumes_after_the_newest_hour(tmp_path):
+    from alphabus.sim import run
+
+    run(tmp_path, symbols=5, hours=2, hour_seconds=0, spread_sec=0)
+    assert BmacDir(tmp_path, "1h").latest_exginfo_stamp() == SyntheticMarket(5).run_time(1).strftime("%Y%m%d_%H%M%S")
+    run(tmp_path, symbols=5, hours=4, hour_seconds=0, spread_sec=0)  # hours 2 and 3, not 0 to 3 again
+    bmac = BmacDir(tmp_path, "1h")
+    assert bmac.latest_exginfo_stamp() == SyntheticMarket(5).run_time(3).strftime("%Y%m%d_%H%M%S")
+    assert len(pd.read_feather(bmac.candle_path("BTCUSDT"))) == 1500
