@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import zmq
 
-from shared.messages import Body, Envelope, Header, encode
+from shared.messages import BadMessage, Body, Envelope, Header, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,32 @@ class SequenceCheck:
                         env.topic, env.header.sender, seq - prev - 1, seq)
         self.last[key] = seq
         return True
+
+
+class Inbox:
+    """Every receiving socket's front door: garbage is logged and counted, never raised."""
+
+    def __init__(self, ordered: bool = True):
+        self.sequence = SequenceCheck() if ordered else None
+        self.bad_messages = 0
+
+    def decode(self, frames: list, what: str = "message") -> Envelope | None:
+        try:
+            env = decode(frames)
+        except BadMessage as e:
+            self.bad_messages += 1
+            log.warning("dropped a bad %s: %s", what, e)
+            return None
+        if self.sequence is not None and not self.sequence.accept(env):
+            return None
+        return env
+
+    def recv(self, socket: zmq.Socket) -> Envelope | None:
+        return self.decode(socket.recv_multipart(copy=False))
+
+    def counts(self) -> dict[str, int]:
+        seq = self.sequence or SequenceCheck()
+        return {"bad_messages": self.bad_messages, "gaps": seq.gaps, "duplicates": seq.duplicates}
 
 
 def context() -> zmq.Context:

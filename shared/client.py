@@ -27,14 +27,12 @@ import zmq
 
 from shared import bus
 from shared.messages import (
-    BadMessage,
     Envelope,
     Header,
     Heartbeat,
     Selection,
     SnapshotRequest,
     encode,
-    recv,
 )
 from shared.tables import ipc_to_frame
 
@@ -86,7 +84,7 @@ class SelectionClient:
         self.delivered: dict[str, int] = {}  # position sender -> newest selection seq delivered
         self.seen: set[tuple[str, int]] = set()  # (sender, seq) delivered, in history mode
         self.latest_run_time: datetime | None = since
-        self.bad_messages = 0
+        self.inbox = bus.Inbox(ordered=False)  # snapshot replies repeat updates: ordering is ours
         self._asked_at = 0.0
         self.request_snapshot()
 
@@ -126,13 +124,8 @@ class SelectionClient:
         events = dict(poller.poll(timeout_ms))
         for sock in (self.dealer, self.sub):
             while sock in events and sock.poll(0):
-                try:
-                    env = recv(sock)
-                except BadMessage as e:
-                    self.bad_messages += 1
-                    log.warning("dropped a bad message: %s", e)
-                    continue
-                update = self._accept(env)
+                env = self.inbox.recv(sock)
+                update = self._accept(env) if env is not None else None
                 if update is not None:
                     out.append(update)
         return out

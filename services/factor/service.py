@@ -21,7 +21,7 @@ from services.factor.compute import PluginRows, Skipped, factor_row, row_builder
 from shared import bus
 from shared.clock import parse_interval
 from shared.config import SelectorConfig
-from shared.messages import BadMessage, Candles, Envelope, FactorResults, RoundClosed, Skip, recv
+from shared.messages import Candles, Envelope, FactorResults, RoundClosed, Skip
 from shared.plugins import build_calculators
 from shared.service import HeartbeatTimer, StopFlag
 from shared.tables import table_to_ipc
@@ -51,9 +51,8 @@ class FactorWorker:
         self.sub, self.out, self.stop = sub, out, stop
         self.pub = bus.Publisher(out, bus.identity(f"factor-{shard.label}"))
         self.heartbeat = HeartbeatTimer(self.pub, "factor")
-        self.sequence = bus.SequenceCheck()
+        self.inbox = bus.Inbox()
         self.subscribed = False
-        self.bad_messages = 0
         self.tallies: dict[datetime, RoundTally] = defaultdict(RoundTally)
         self.last_run_time: datetime | None = None
 
@@ -72,16 +71,9 @@ class FactorWorker:
 
     def _drain(self) -> list[Envelope]:
         batch: list[Envelope] = []
-        while len(batch) < BATCH:
-            try:
-                env = recv(self.sub) if self.sub.poll(0) else None
-            except BadMessage as e:
-                self.bad_messages += 1
-                log.warning("dropped a bad message from the market socket: %s", e)
-                continue
-            if env is None:
-                break
-            if self.sequence.accept(env):
+        while len(batch) < BATCH and self.sub.poll(0):
+            env = self.inbox.recv(self.sub)
+            if env is not None:
                 batch.append(env)
         return batch
 
@@ -147,8 +139,7 @@ class FactorWorker:
                     if isinstance(env.body, RoundClosed):
                         self._on_round_closed(env.body)
             self.heartbeat.tick(self.last_run_time, shard=str(self.shard), subscribed=self.subscribed,
-                                bad_messages=self.bad_messages, gaps=self.sequence.gaps,
-                                duplicates=self.sequence.duplicates)
+                                **self.inbox.counts())
         return 0
 
 

@@ -27,7 +27,6 @@ from services.position.shards import ShardWatch
 from shared import bus
 from shared.config import SelectorConfig
 from shared.messages import (
-    BadMessage,
     Envelope,
     FactorResults,
     Header,
@@ -39,7 +38,6 @@ from shared.messages import (
     SnapshotRequest,
     decode,
     encode,
-    recv,
 )
 from shared.service import HeartbeatTimer, StopFlag
 from shared.tables import frame_to_ipc, ipc_to_table, table_to_ipc
@@ -98,25 +96,16 @@ class Position:
         self.factor_in, self.market, self.out, self.snapshot, self.stop = factor_in, market, out, snapshot, stop
         self.pub = bus.Publisher(out, bus.identity("position"))
         self.heartbeat = HeartbeatTimer(self.pub, "position")
-        self.sequence = bus.SequenceCheck()
+        self.inbox = bus.Inbox()
+        self.snapshot_inbox = bus.Inbox(ordered=False)
         self.shards = ShardWatch()
         self.store = SelectionStore(state_file)
         self.rounds: dict[datetime, RoundState] = {}
         self.pending: dict[datetime, list[tuple[float, Envelope]]] = {}
         self.finished: set[datetime] = {self.store.latest.run_time} if self.store.latest else set()
-        self.bad_messages = 0
         self.late = 0
 
     # -- inputs -------------------------------------------------------------------------------
-    def _receive(self, sock: zmq.Socket) -> Envelope | None:
-        try:
-            env = recv(sock)
-        except BadMessage as e:
-            self.bad_messages += 1
-            log.warning("dropped a bad message: %s", e)
-            return None
-        return env if self.sequence.accept(env) else None
-
     def on_message(self, env: Envelope) -> None:
         body = env.body
         if isinstance(body, Heartbeat):
@@ -156,7 +145,7 @@ class Position:
                 try:
                     rows = ipc_to_table(env.payloads[0])
                 except Exception as e:
-                    self.bad_messages += 1
+                    self.inbox.bad_messages += 1
                     log.warning("round %s: unreadable factor table from shard %s (%s); its %d symbols "
                                 "stay missing", body.run_time.isoformat(), body.shard, e, len(body.symbols))
                     body = body.model_copy(update={"symbols": []})
@@ -166,12 +155,8 @@ class Position:
 
     def on_snapshot_request(self) -> None:
         frames = self.snapshot.recv_multipart()
-        ident, rest = frames[0], frames[1:]
-        try:
-            env = decode(rest)
-        except BadMessage as e:
-            self.bad_messages += 1
-            log.warning("dropped a bad snapshot request: %s", e)
+        ident, env = frames[0], self.snapshot_inbox.decode(frames[1:], "snapshot request")
+        if env is None:
             return
         if not isinstance(env.body, SnapshotRequest):
             log.warning("snapshot socket got a %s, not a snapshot_request", env.body.kind)
@@ -238,7 +223,7 @@ class Position:
             events = dict(poller.poll(timeout))
             for sock in (self.market, self.factor_in):
                 while sock in events and sock.poll(0):
-                    env = self._receive(sock)
+                    env = self.inbox.recv(sock)
                     if env is not None:
                         self.on_message(env)
             if self.snapshot in events:
@@ -248,9 +233,8 @@ class Position:
             self.shards.check()
             latest = self.store.latest
             self.heartbeat.tick(latest.run_time if latest else None,
-                                selection_seq=self.pub.last_seq(bus.SELECTION),
-                                bad_messages=self.bad_messages, gaps=self.sequence.gaps,
-                                duplicates=self.sequence.duplicates, late=self.late,
+                                selection_seq=self.pub.last_seq(bus.SELECTION), late=self.late,
+                                **self.inbox.counts(),
                                 silent_shards=sorted(self.shards.silent))
         return 0
 
