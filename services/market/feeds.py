@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
+from services.market.watch import NewFiles
 from shared.bmac import BmacDir
+from shared.clock import ready_stamp
+
+RESCAN_SEC = 0.05
+POLL_SEC = 0.002
 
 
 class DirectoryFeed:
@@ -15,6 +21,25 @@ class DirectoryFeed:
 
     def __init__(self, bmac: BmacDir):
         self.bmac = bmac
+        self._new: NewFiles | None = None
+
+    def wait_ready(self, run_time: datetime, timeout: float) -> set[str]:
+        """Symbols whose marker appeared, as soon as one does (inotify), else by listing the directory.
+
+        With inotify the directory is still listed every RESCAN_SEC while nothing happens, so an
+        event lost (a full queue, a filesystem that sends none) costs at most that long.
+        """
+        if self._new is None and self.bmac.candle_dir.is_dir():
+            self._new = NewFiles.open(self.bmac.candle_dir)
+            return self.ready_candles(run_time)  # what appeared before the watch
+        if self._new is None:
+            time.sleep(min(timeout, POLL_SEC))
+            return self.ready_candles(run_time)
+        names = self._new.wait(min(timeout, RESCAN_SEC))
+        if not names:
+            return self.ready_candles(run_time)
+        suffix = f"_{ready_stamp(run_time)}.ready"
+        return {n[: -len(suffix)] for n in names if n.endswith(suffix)}
 
     def describe(self) -> str:
         return f"the crawler's directory {self.bmac.root}"
@@ -87,6 +112,9 @@ class ReplayFeed:
         return set(self.market.symbols)
 
     def ready_candles(self, run_time: datetime) -> set[str]:
+        return set(self._files)
+
+    def wait_ready(self, run_time: datetime, timeout: float) -> set[str]:
         return set(self._files)
 
     def candle_source(self, symbol: str) -> str:

@@ -154,17 +154,17 @@ class Market:
                                            expire_sec=remaining))
         pending = set(universe)
         last_ready_at: datetime | None = None
-        while pending and not self.stop:
-            ready = self.feed.ready_candles(run_time) & pending
+        ready = self.feed.ready_candles(run_time) & pending
+        while not self.stop:
             for symbol in sorted(ready):
                 self._publish_candles(run_time, symbol)
             if ready:
                 pending -= ready
                 last_ready_at = datetime.now(UTC)
-                continue
-            if time.monotonic() > deadline:
+            if not pending or time.monotonic() > deadline:
                 break
-            self.pump(2)
+            self.pump(0)
+            ready = self.feed.wait_ready(run_time, max(0.0, deadline - time.monotonic())) & pending
         missing = {s: self.feed.why_missing(s, run_time) for s in sorted(pending)}
         self.pub.send(bus.ROUND_CLOSED, RoundClosed(run_time=run_time, missing=missing, last_ready_at=last_ready_at))
         log.info("round %s: %d symbols published, %d missing%s, %.0f ms from exginfo to last ready",
