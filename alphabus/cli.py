@@ -33,7 +33,8 @@ def cmd_market(args: argparse.Namespace) -> int:
     cfg = _config(workdir)
     run_time = parse_run_time(args.run_time, zone(cfg.timezone)) if args.run_time else None
     return service.main(cfg, clock=args.clock, run_time=run_time, await_subscribers=args.await_subscribers,
-                        replay=args.replay, first_hour=args.first_hour, hours=args.hours)
+                        replay=args.replay, first_hour=args.first_hour, hours=args.hours,
+                        send_paths=args.send == "paths")
 
 
 def cmd_factor(args: argparse.Namespace) -> int:
@@ -153,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run-time", help="run this one round (ISO 8601; naive = crawler timezone) and exit")
     sp.add_argument("--await-subscribers", type=float, default=10.0, metavar="SEC",
                     help="hold the first round up to SEC seconds until position and every shard subscribed")
+    sp.add_argument("--send", choices=["bytes", "paths"], default=os.environ.get("ALPHABUS_SEND", "bytes"),
+                    help="bytes: candle files travel over the socket (workers anywhere); paths: only their "
+                         "paths, for workers that see the crawler's directory (one host, a shared volume). "
+                         "Default $ALPHABUS_SEND or bytes")
     sp.add_argument("--replay", type=Path, metavar="DATA_DIR",
                     help="instead of a crawler, replay a real data set (../shared/data/binance_usdm_1h) from "
                          "memory, round after round as fast as the stack goes; then exit")

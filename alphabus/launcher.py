@@ -71,13 +71,16 @@ class Services:
 
 def start_stack(services: Services, workdir: Path, *, shards: int = 1, clock: str = "wall",
                 market_args: Sequence[str] = ()) -> None:
-    """Downstream first, market last: each service is listening before anything flows to it."""
+    """Downstream first, market last: each service is listening before anything flows to it.
+
+    Every process is on this host, so the workers read the crawler's files themselves (--send paths).
+    """
     wd = str(workdir)
     services.start("position", ["position", wd])
     services.start("recorder", ["recorder", wd])
     for k in range(shards):
         services.start(f"factor-{k}", ["factor", wd, "--shard", f"{k}/{shards}"])
-    services.start("market", ["market", wd, "--clock", clock, *market_args])
+    services.start("market", ["market", wd, "--clock", clock, "--send", "paths", *market_args])
 
 
 def run_stack(workdir: Path, clock: str = "wall", shards: int = 1) -> int:

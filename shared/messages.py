@@ -65,13 +65,18 @@ class RoundClosed(Body):
 
 
 class Candles(Body):
-    """Market: one symbol's candle file, as the crawler wrote it (payload: the feather bytes)."""
+    """Market: one symbol's candle file, as the crawler wrote it.
+
+    Payload: the feather bytes; or none with ``by_path``, when the factor workers share the
+    crawler's filesystem and read the file themselves (nothing large crosses the socket).
+    """
 
     kind: ClassVar[str] = "candles"
     run_time: AwareDatetime
     symbol: str
-    path: str = Field(description="The file the bytes came from, for error messages.")
+    path: str = Field(description="The file the bytes came from (to read, with by_path).")
     ready_at: AwareDatetime = Field(description="When the market saw the symbol's ready marker.")
+    by_path: bool = Field(False, description="No payload: read the file at ``path``.")
 
 
 class Skip(BaseModel):

@@ -64,10 +64,12 @@ class HeartbeatTimer:
         self._next = 0.0
 
     def tick(self, run_time=None, **state) -> None:
+        """Publish if due; a callable state value is only evaluated then."""
         now = time.monotonic()
         if now >= self._next:
             self._next = now + self.period
             touch_health_file()
+            state = {k: v() if callable(v) else v for k, v in state.items()}
             if self.publisher is not None:
                 self.publisher.send(heartbeat_topic(self.service),
                                     Heartbeat(run_time=run_time, service=self.service, state=state))

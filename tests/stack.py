@@ -16,16 +16,17 @@ from tests.conftest import write_config
 class StackRun:
     """Four services as processes over TCP, a BMAC dir and a work dir; the test writes the hours."""
 
-    def __init__(self, root: Path, shards: int = 1, **config):
+    def __init__(self, root: Path, shards: int = 1, market_args: tuple[str, ...] = (), **config):
         self.bmac = BmacDir(root / "bmac", "1h")
         self.workdir = write_config(root / "work", root / "bmac", **config)
         self.endpoints = loopback_endpoints()
         self.services = Services(self.endpoints)
         self.shards = shards
+        self.market_args = market_args
         self.killed: set[str] = set()
 
     def __enter__(self) -> StackRun:
-        start_stack(self.services, self.workdir, shards=self.shards, clock="follow")
+        start_stack(self.services, self.workdir, shards=self.shards, clock="follow", market_args=self.market_args)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,9 +13,10 @@ from tests.reference import article_round, assert_same_round
 from tests.stack import StackRun
 
 
-def test_consecutive_hours_match_the_article_on_the_simulated_market(tmp_path):
+@pytest.mark.parametrize("send", ["paths", "bytes"])
+def test_consecutive_hours_match_the_article_on_the_simulated_market(tmp_path, send):
     market = SyntheticMarket(symbols=70, seed=11)
-    with StackRun(tmp_path) as stack:
+    with StackRun(tmp_path, market_args=("--send", send)) as stack:
         for k in range(4):
             run_time = write_hour(stack.bmac, market, k, spread_sec=0.3)
             selection = stack.wait_for_round(run_time)

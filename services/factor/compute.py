@@ -95,6 +95,15 @@ def row_builder(calculators: Sequence[Calculator], fast: bool = True) -> PluginR
     return (KernelRows.for_calculators(calculators) if fast else None) or PluginRows(calculators)
 
 
+def read_shared_file(path: str, symbol: str) -> pa.Buffer:
+    """A candle file on the crawler's filesystem, memory-mapped (the market sent only its path)."""
+    try:
+        with pa.memory_map(path) as f:
+            return f.read_buffer()
+    except OSError as e:
+        raise Skipped(Skip(symbol=symbol, reason="bad_data", detail=f"{path}: cannot read ({e})")) from None
+
+
 def factor_row(data: bytes | memoryview, source: str, symbol: str, build: PluginRows | KernelRows,
                min_candle_num: int, closed_candle_begin: datetime) -> pa.Table:
     """The newest candle's row with every factor and filter column, as a one-row table."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import zmq
 
-from services.factor.compute import PluginRows, Skipped, factor_row, row_builder
+from services.factor.compute import PluginRows, Skipped, factor_row, read_shared_file, row_builder
 from shared import bus
 from shared.clock import parse_interval
 from shared.config import SelectorConfig
@@ -92,7 +92,8 @@ class FactorWorker:
                 if not self.shard.owns(body.symbol):
                     continue
                 try:
-                    data = env.payloads[0] if env.payloads else b""
+                    data = (read_shared_file(body.path, body.symbol) if body.by_path
+                            else env.payloads[0] if env.payloads else b"")
                     rows.append(factor_row(data, body.path, body.symbol, self.build,
                                            self.cfg.min_candle_num, closed_begin))
                     symbols.append(body.symbol)

@@ -52,12 +52,13 @@ def _funding(df) -> dict[str, float | None]:
 
 class Market:
     def __init__(self, cfg: SelectorConfig, sock: zmq.Socket, stop: StopFlag, await_subscribers: float,
-                 feed: DirectoryFeed | ReplayFeed | None = None):
+                 feed: DirectoryFeed | ReplayFeed | None = None, send_paths: bool = False):
         self.cfg = cfg
         self.tz = zone(cfg.timezone)
         self.interval = parse_interval(cfg.interval)
         self.bmac = BmacDir(resolve_bmac_dir(cfg), cfg.interval)
         self.feed = feed or DirectoryFeed(self.bmac)
+        self.send_paths = send_paths
         self.sock = sock
         self.pub = bus.Publisher(sock, bus.identity("market"))
         self.heartbeat = HeartbeatTimer(self.pub, "market")
@@ -83,7 +84,7 @@ class Market:
                     self.subs.update(self.sock.recv(zmq.NOBLOCK))
                 except zmq.Again:
                     break
-        self.heartbeat.tick(self.last_run_time, subscribed=self.subs.ready())
+        self.heartbeat.tick(self.last_run_time, subscribed=self.subs.ready)
 
     def wait_until(self, wall: datetime) -> bool:
         while not self.stop and datetime.now(UTC) < wall:
@@ -189,11 +190,15 @@ class Market:
         return specs
 
     def _publish_candles(self, run_time: datetime, symbol: str) -> None:
+        now = datetime.now(UTC)
+        if self.send_paths and isinstance(self.feed, DirectoryFeed):
+            self.pub.send(bus.candle_topic(symbol), Candles(run_time=run_time, symbol=symbol, ready_at=now,
+                                                            path=self.feed.candle_source(symbol), by_path=True))
+            return
         data, source = self.feed.candle(symbol)
         if not data:
             log.error("%s: ready marker present but the file is unreadable: %s", symbol, source)
-        self.pub.send(bus.candle_topic(symbol),
-                      Candles(run_time=run_time, symbol=symbol, path=source, ready_at=datetime.now(UTC)),
+        self.pub.send(bus.candle_topic(symbol), Candles(run_time=run_time, symbol=symbol, path=source, ready_at=now),
                       [data])
 
     def _log_orphans(self, universe: set[str]) -> None:
@@ -258,7 +263,7 @@ class Market:
 
 def main(cfg: SelectorConfig, clock: Clock = "wall", run_time: datetime | None = None,
          await_subscribers: float = 10.0, replay: Path | None = None, first_hour: int | None = None,
-         hours: int | None = None) -> int:
+         hours: int | None = None, send_paths: bool = False) -> int:
     stop = StopFlag()
     ctx = bus.context()
     sock = ctx.socket(zmq.XPUB)
@@ -266,11 +271,12 @@ def main(cfg: SelectorConfig, clock: Clock = "wall", run_time: datetime | None =
     sock.setsockopt(zmq.SNDHWM, 0)
     address = bus.endpoint("ALPHABUS_MARKET_PUB")
     sock.bind(bus.bind_address(address))
-    log.info("market PUB bound at %s (%s)", address, f"replaying {replay}" if replay else f"clock {clock}")
+    log.info("market PUB bound at %s (%s)", address, f"replaying {replay}" if replay
+             else f"clock {clock}, candles sent as {'paths on a shared filesystem' if send_paths else 'bytes'}")
     progress = None
     try:
         if replay is None:
-            return Market(cfg, sock, stop, await_subscribers).run(clock, run_time)
+            return Market(cfg, sock, stop, await_subscribers, send_paths=send_paths).run(clock, run_time)
         progress = ctx.socket(zmq.SUB)  # selections coming back pace the replay
         progress.connect(bus.endpoint("ALPHABUS_SELECTION_PUB"))
         progress.setsockopt_string(zmq.SUBSCRIBE, bus.SELECTION)

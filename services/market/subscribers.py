@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from functools import cached_property
 
 from shared.bus import BUCKETS, ROUND_OPEN
 
+_BUCKET_TOPICS = [f"candle.{b:02x}." for b in range(BUCKETS)]
+
 
 class Subscriptions:
-    """Counts live subscriptions from XPUB_VERBOSER notifications."""
+    """Counts live subscriptions from XPUB_VERBOSER notifications; coverage is cached between changes."""
 
     def __init__(self) -> None:
         self.prefixes: Counter[str] = Counter()
@@ -21,12 +24,24 @@ class Subscriptions:
             self.prefixes[prefix] += 1
         elif frame[0] == 0 and self.prefixes[prefix] > 0:
             self.prefixes[prefix] -= 1
+        else:
+            return
+        self.__dict__.pop("_live", None)
+        self.__dict__.pop("_uncovered", None)
+
+    @cached_property
+    def _live(self) -> list[str]:
+        return [p for p, n in self.prefixes.items() if n > 0]
 
     def _covers(self, topic: str) -> bool:
-        return any(n > 0 and topic.startswith(p) for p, n in self.prefixes.items())
+        return any(topic.startswith(p) for p in self._live)
+
+    @cached_property
+    def _uncovered(self) -> list[int]:
+        return [b for b, topic in enumerate(_BUCKET_TOPICS) if not self._covers(topic)]
 
     def uncovered_buckets(self) -> list[int]:
-        return [b for b in range(BUCKETS) if not self._covers(f"candle.{b:02x}.")]
+        return list(self._uncovered)
 
     def has_position(self) -> bool:
         """Only the position service subscribes to round announcements."""
@@ -34,4 +49,4 @@ class Subscriptions:
 
     def ready(self) -> bool:
         """The position service and a candle subscriber (factor shard) for every bucket."""
-        return self.has_position() and not self.uncovered_buckets()
+        return self.has_position() and not self._uncovered
