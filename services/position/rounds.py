@@ -15,6 +15,8 @@ from services.position.select import apply_pre_filters, drop_non_finite, select_
 from shared.config import SelectorConfig
 from shared.messages import Coverage, FactorResults, Pick, RoundClosed, RoundOpen, Selection, Shortfall
 
+CONSOLIDATE_TABLES = 32
+
 
 @dataclass
 class RoundState:
@@ -23,7 +25,8 @@ class RoundState:
     open: RoundOpen
     opened_at: float = field(default_factory=time.monotonic)
     tables: list[pa.Table] = field(default_factory=list)  # as received; converted once, at the end
-    rows: dict[str, tuple[int, int]] = field(default_factory=dict)  # symbol -> (table, row)
+    rows: dict[str, int] = field(default_factory=dict)  # symbol -> row in the concatenation of tables
+    received_rows: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
     closed_at: float | None = None
     last_ready_at: datetime | None = None
@@ -41,7 +44,10 @@ class RoundState:
             self.tables.append(rows)
             for i, symbol in enumerate(body.symbols):
                 if symbol in universe:
-                    self.rows[symbol] = (len(self.tables) - 1, i)
+                    self.rows[symbol] = self.received_rows + i
+            self.received_rows += rows.num_rows
+            if len(self.tables) >= CONSOLIDATE_TABLES:  # while waiting for the rest, not at the end
+                self.tables = [pa.concat_tables(self.tables, promote_options="default")]
         for skip in body.skipped:
             if skip.symbol in universe:
                 self.skipped[skip.symbol] = f"{skip.reason}: {skip.detail}"
@@ -64,9 +70,7 @@ class RoundState:
         order = [self.rows[s] for s in self.universe if s in self.rows]
         if not order:
             return None
-        offsets = np.cumsum([0] + [t.num_rows for t in self.tables])
-        table = pa.concat_tables(self.tables, promote_options="default")
-        return table.take(pa.array([offsets[t] + i for t, i in order]))
+        return pa.concat_tables(self.tables, promote_options="default").take(pa.array(order))
 
     def missing(self) -> list[str]:
         return [s for s in self.universe if s not in self.rows and s not in self.skipped]
@@ -112,10 +116,12 @@ class Built:
 
 
 def _picks(side: pd.DataFrame, factor: str, filters: list[str]) -> list[Pick]:
+    columns = {c: side[c].tolist() for c in ["symbol", "close", factor, "position", "pos_val", *filters]}
     return [
-        Pick(symbol=r["symbol"], close=float(r["close"]), factor=float(r[factor]),
-             filters={f: float(r[f]) for f in filters}, position=r["position"], pos_val=float(r["pos_val"]))
-        for r in side.to_dict("records")
+        Pick(symbol=columns["symbol"][i], close=columns["close"][i], factor=columns[factor][i],
+             filters={f: columns[f][i] for f in filters}, position=columns["position"][i],
+             pos_val=columns["pos_val"][i])
+        for i in range(len(side))
     ]
 
 
@@ -131,7 +137,7 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
         pool = factors
     else:
         pool = drop_non_finite(factors, cfg.factor_columns)
-        unsizable = ~pool["symbol"].isin(list(face_values))
+        unsizable = np.array([s not in face_values for s in pool["symbol"].tolist()], dtype=bool)
         for symbol in pool.loc[unsizable, "symbol"]:
             skipped[symbol] = "bad_data: exginfo has no face_value"
         pool = apply_pre_filters(pool[~unsizable], cfg.pre_filters)

@@ -1,0 +1,108 @@
+"""The crawler's side: one market's hours written into one BMAC directory, in the orders the bench measures.
+
+``alphabus.sim.write_hour`` always writes exginfo first and each candle file just before its
+marker. The bench needs two other orders, built from the same ``BmacDir`` writers:
+
+* burst: every candle file and marker, then funding, then LAST exginfo. In follow mode the market
+  starts a round when a newer exginfo marker appears, so creating that marker is the round start.
+* live: the candle files first (no markers; the market reads a file only once its marker is
+  there, so this does not change what the stack sees), then funding and exginfo (round start),
+  then the markers alone, evenly over ``spread_sec``. Writing a 2000-symbol hour of feather files
+  takes ~10 s here, so writing files between the markers could not fit in one second.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from alphabus.sim import Market
+from shared.bmac import BmacDir
+
+
+@dataclass(frozen=True)
+class Started:
+    """A round the feed started: its run_time and perf_counter() stamps in the bench process."""
+
+    run_time: datetime
+    started: float  # the exginfo marker was just created
+    last_ready: float  # the last candle marker was just created (burst: before the round started)
+    order: tuple[str, ...]  # the order the candle markers appeared in
+
+
+@dataclass(frozen=True)
+class _Hour:
+    k: int
+    run_time: datetime
+    previous: datetime | None  # whose ready markers to replace (no glob over thousands of files)
+    frames: dict[str, pd.DataFrame]
+
+
+def _mark(path: Path) -> float:
+    """Create a ready marker as the crawler does (its text is the wall time) and return when it was done."""
+    path.write_text(str(datetime.now().astimezone()))
+    return time.perf_counter()
+
+
+class Feed:
+    """Writes hour 0, 1, 2, ... of ``market`` into ``bmac``; each hour's frames are generated once."""
+
+    def __init__(self, bmac: BmacDir, market: Market, spread_sec: float = 1.0, seed: int = 0):
+        self.bmac = bmac
+        bmac.root.mkdir(parents=True, exist_ok=True)  # the market warns while the crawler's directory is absent
+        self.market = market
+        self.spread_sec = spread_sec
+        self.seed = seed
+        self.next_k = 0
+        self.last_run_time: datetime | None = None
+
+    def _advance(self) -> _Hour:
+        """The next hour, its frames generated once."""
+        k = self.next_k
+        self.next_k += 1
+        previous = self.market.run_time(k - 1) if k > 0 else None
+        return _Hour(k, self.market.run_time(k), previous, self.market.candles(k))
+
+    def _start_round(self, hour: _Hour) -> float:
+        """Funding (file and marker), the exginfo file, then the exginfo marker: the round start."""
+        self.bmac.write_funding(self.market.funding(hour.k), hour.run_time, hour.previous)
+        self.bmac.write_exginfo(self.market.exginfo(), None, hour.previous)
+        self.last_run_time = hour.run_time
+        return _mark(self.bmac.exginfo_ready(hour.run_time))
+
+    def burst(self) -> Started:
+        """Every candle file and marker present when the round starts."""
+        hour = self._advance()
+        order = tuple(sorted(hour.frames))
+        for symbol in order:
+            self.bmac.write_candles(symbol, hour.frames[symbol], hour.run_time, hour.previous)
+        last_ready = time.perf_counter()
+        return Started(hour.run_time, self._start_round(hour), last_ready, order)
+
+    def live(self) -> Started:
+        """The round starts, then the candle markers appear in a seeded random order over spread_sec."""
+        hour = self._advance()
+        run_time = hour.run_time
+        order = sorted(hour.frames)
+        random.Random(self.seed * 1_000_003 + hour.k).shuffle(order)
+        for symbol in order:
+            self.bmac.write_candles(symbol, hour.frames[symbol], None, hour.previous)
+        started = self._start_round(hour)
+        last_ready = started
+        for i, symbol in enumerate(order):
+            delay = started + self.spread_sec * i / len(order) - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            last_ready = _mark(self.bmac.candle_ready(symbol, run_time))
+        return Started(run_time, started, last_ready, tuple(order))
+
+    def forget_round(self) -> None:
+        """Remove the newest exginfo marker, so a freshly started market waits for the next hour
+        instead of starting a round on what a previous stack already saw."""
+        if self.last_run_time is not None:
+            self.bmac.exginfo_ready(self.last_run_time).unlink(missing_ok=True)
