@@ -156,8 +156,8 @@ def replay_lines(replay: dict) -> list[str]:
     if "skipped" in replay or replay.get("error"):
         return [f"replay: {replay.get('skipped') or 'ERROR: ' + str(replay.get('error'))}"]
     return [f"replay of the real data set ({replay['symbols']} symbols, {replay['rounds']} rounds, 1 shard): "
-            f"{replay['rounds_per_s']} rounds/s; per round write_hour {_spread(replay['write_hour_ms'], 0)} ms, "
-            f"then selection after {_spread(replay['wait_after_write_ms'], 0)} ms; "
+            f"{replay['rounds_per_s']} rounds/s (market --replay, from memory); "
+            f"{_spread(replay['ms_between_selections'], 1)} ms between selections; "
             f"{len(replay['mismatches'])} of {replay['checked']} rounds differ from article_round"]
 
 

@@ -46,8 +46,10 @@ def _stderr_to(path: Path) -> Iterator[None]:
 class BenchStack:
     """Four services as processes over TCP (``clock="follow"``) on one BMAC dir, plus an outside subscriber."""
 
-    def __init__(self, workdir: Path, bmac_root: Path, shards: int, **config: object):
+    def __init__(self, workdir: Path, bmac_root: Path, shards: int, market_args: tuple[str, ...] = (),
+                 **config: object):
         """``config``: overrides of the article's factor_calc.json (none by default)."""
+        self.market_args = market_args
         self.workdir = write_config(workdir, bmac_root, **config)
         self.log_path = workdir / "services.log"
         self.shards = shards
@@ -61,7 +63,8 @@ class BenchStack:
                                       name="bench")
         try:
             with _stderr_to(self.log_path):
-                start_stack(self.services, self.workdir, shards=self.shards, clock="follow")
+                start_stack(self.services, self.workdir, shards=self.shards, clock="follow",
+                            market_args=self.market_args)
         except BaseException:
             self.__exit__()
             raise
