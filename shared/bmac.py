@@ -140,11 +140,6 @@ def read_candle_table(data: bytes | memoryview, source: str) -> pa.Table:
         raise BadCandles(f"{source}: unreadable feather file ({type(e).__name__}: {e})") from None
 
 
-def decode_candles(data: bytes | memoryview, source: str) -> pd.DataFrame:
-    """Feather bytes -> the frame ``pandas.read_feather`` gives the article, or BadCandles."""
-    return read_candle_table(data, source).to_pandas()
-
-
 def _check_values(times: np.ndarray, unit: str, tz: str, close: np.ndarray, source: str) -> None:
     """times: int64 in ``unit`` since the epoch; close: float64."""
     def when(i: int) -> pd.Timestamp:
@@ -170,18 +165,8 @@ def _check_columns(columns: list[str], source: str) -> None:
         raise BadCandles(f"{source}: missing column(s) {', '.join(missing)}")
 
 
-def check_candles(df: pd.DataFrame, source: str) -> None:
-    """Reject frames the article would silently mis-compute: missing columns, bad times, bad closes."""
-    _check_columns(list(df.columns), source)
-    times = df["candle_begin_time"]
-    if not isinstance(times.dtype, pd.DatetimeTZDtype):
-        raise BadCandles(f"{source}: candle_begin_time is {times.dtype}, not a timezone-aware timestamp")
-    close = pd.to_numeric(df["close"], errors="coerce").to_numpy(dtype=float)
-    _check_values(times.array.asi8, times.dtype.unit, str(times.dtype.tz), close, source)
-
-
 def check_candle_table(table: pa.Table, source: str) -> None:
-    """check_candles for an Arrow table, without building a frame (the fast path)."""
+    """Reject files the article would silently mis-compute: missing columns, bad times, bad closes."""
     _check_columns(table.column_names, source)
     kind = table.schema.field("candle_begin_time").type
     if not (pa.types.is_timestamp(kind) and kind.tz):

@@ -59,6 +59,3 @@ def parse_run_time(text: str, tz: tzinfo) -> datetime:
         return t.replace(tzinfo=tz)
     return t.astimezone(tz)
 
-
-def now(tz: tzinfo) -> datetime:
-    return datetime.now(tz)

@@ -137,10 +137,6 @@ class Coverage(BaseModel):
     shards: list[str] = Field([], description="Factor shards ('K/N') that reported for this round.")
     silent_shards: list[str] = Field([], description="Factor shards expected but not heard from this round.")
 
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
 
 class Selection(Body):
     """Position: the round's target portfolio.

@@ -49,3 +49,17 @@ def test_directory_feed_lists_the_directory_while_it_does_not_exist(tmp_path):
     bmac.candle_dir.mkdir(parents=True)
     bmac.candle_ready("ETHUSDT", RUN).write_text("x")
     assert feed.wait_ready(RUN, 0.01) == {"ETHUSDT"}
+
+
+def test_arrow_reading_gives_the_articles_read_feather_frame(tmp_path):
+    import pandas as pd
+
+    from alphabus.sim import SyntheticMarket, write_hour
+    from shared.bmac import read_candle_table
+
+    bmac = BmacDir(tmp_path, "1h")
+    write_hour(bmac, SyntheticMarket(symbols=6, seed=3), 0)
+    for symbol in bmac.candle_symbols():
+        path = bmac.candle_path(symbol)
+        pd.testing.assert_frame_equal(read_candle_table(path.read_bytes(), str(path)).to_pandas(),
+                                      pd.read_feather(path))
