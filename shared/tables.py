@@ -20,7 +20,7 @@ def table_to_ipc(table: pa.Table) -> pa.Buffer:
 
 def ipc_to_table(data: bytes | memoryview | pa.Buffer) -> pa.Table:
     """Raises pyarrow.ArrowInvalid on malformed bytes."""
-    with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+    with pa.ipc.open_stream(pa.py_buffer(data), options=pa.ipc.IpcReadOptions(use_threads=False)) as reader:
         return reader.read_all()
 
 

@@ -73,6 +73,7 @@ class KernelRows:
 
     def __init__(self, columns: list[str], kernels: list[Kernel]):
         self.columns, self.kernels = columns, kernels
+        self._added = [pa.field("symbol", pa.large_string()), *(pa.field(c, pa.float64()) for c in columns)]
 
     @classmethod
     def for_calculators(cls, calculators: Sequence[Calculator]) -> KernelRows | None:
@@ -85,10 +86,9 @@ class KernelRows:
     def __call__(self, table: pa.Table, symbol: str) -> pa.Table:
         arrays = {c: table[c].to_numpy() for c in ("close", "high", "low", "quote_volume")}
         row = table.slice(table.num_rows - 1, 1)
-        row = row.append_column("symbol", pa.array([symbol], pa.large_string()))
-        for column, kernel in zip(self.columns, self.kernels, strict=True):
-            row = row.append_column(column, pa.array([kernel(arrays)], pa.float64(), from_pandas=True))
-        return row
+        added = [pa.array([symbol], pa.large_string())]
+        added += [pa.array([kernel(arrays)], pa.float64(), from_pandas=True) for kernel in self.kernels]
+        return pa.Table.from_arrays([*row.columns, *added], schema=pa.schema([*row.schema, *self._added]))
 
 
 def row_builder(calculators: Sequence[Calculator], fast: bool = True) -> PluginRows | KernelRows:
