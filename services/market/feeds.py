@@ -85,7 +85,7 @@ class ReplayFeed:
 
         self.data_dir = data_dir
         self.market = ReplayMarket(data_dir, first_hour=first_hour, tz=tz)
-        self.hour = 0
+        self._loaded: datetime | None = None
         self._files: dict[str, object] = {}
 
     def describe(self) -> str:
@@ -101,27 +101,31 @@ class ReplayFeed:
         return self.market.exginfo()
 
     def funding(self, run_time: datetime) -> pd.DataFrame:
-        self.hour = self._hour_of(run_time)
-        self._files = self.market.candle_files(self.hour)
-        return self.market.funding(self.hour)
+        return self.market.funding(self._hour_of(run_time))
 
     def _hour_of(self, run_time: datetime) -> int:
         return round((run_time - self.market.run_time(0)).total_seconds() / 3600)
+
+    def _files_at(self, run_time: datetime) -> dict[str, object]:
+        """The hour's candle files, serialised once per round."""
+        if self._loaded != run_time:
+            self._files, self._loaded = self.market.candle_files(self._hour_of(run_time)), run_time
+        return self._files
 
     def candle_symbols(self) -> set[str]:
         return set(self.market.symbols)
 
     def ready_candles(self, run_time: datetime) -> set[str]:
-        return set(self._files)
+        return set(self._files_at(run_time))
 
     def wait_ready(self, run_time: datetime, timeout: float) -> set[str]:
-        return set(self._files)
+        return self.ready_candles(run_time)
 
     def candle_source(self, symbol: str) -> str:
         return f"{self.data_dir}:{symbol}"
 
     def candle(self, symbol: str) -> tuple[object, str]:
-        return self._files[symbol], f"{self.candle_source(symbol)}@{self.hour}"
+        return self._files[symbol], f"{self.candle_source(symbol)}@{self._loaded}"
 
     def why_missing(self, symbol: str, run_time: datetime) -> str:
         return "not listed yet in the replayed data"

@@ -26,7 +26,7 @@ from shared import bus
 from shared.bmac import BmacDir, lot_sizes
 from shared.clock import next_boundary, parse_interval, ready_stamp, zone
 from shared.config import SelectorConfig, resolve_bmac_dir
-from shared.messages import Candles, RoundClosed, RoundOpen, SymbolSpec, recv
+from shared.messages import Candles, RoundClosed, RoundOpen, SymbolSpec
 from shared.service import POLL_MS, HeartbeatTimer, StopFlag
 
 log = logging.getLogger("market")
@@ -215,25 +215,31 @@ class Market:
         assert isinstance(self.feed, ReplayFeed)
         total = min(hours or self.feed.market.hours, self.feed.market.hours)
         done: set[datetime] = set()
-        started = time.monotonic()
-        for k in range(total):
-            run_time = self.feed.run_time(k)
+        inbox = bus.Inbox(ordered=False)
+
+        def wait_for_selections(until: int) -> None:
+            """Collect returning selections until at most ``until`` rounds are outstanding."""
             stalled = time.monotonic() + REPLAY_STALL_SEC
-            while not self.stop and k - len(done) >= in_flight:
+            while not self.stop and published - len(done) > until:
                 if progress.poll(5):
-                    done.add(recv(progress).body.run_time)
+                    env = inbox.recv(progress)
+                    if env is not None:
+                        done.add(env.body.run_time)
                 elif time.monotonic() > stalled:
                     log.warning("replay: no selection for %ss; going on", REPLAY_STALL_SEC)
-                    break
+                    return
                 self.pump(0)
+
+        started = time.monotonic()
+        published = 0
+        for k in range(total):
+            wait_for_selections(in_flight - 1)
             if self.stop:
                 break
+            run_time = self.feed.run_time(k)
             self.run_round(run_time)
-            self.last_run_time = run_time
-        deadline = time.monotonic() + REPLAY_STALL_SEC
-        while not self.stop and len(done) < total and time.monotonic() < deadline:
-            if progress.poll(20):
-                done.add(recv(progress).body.run_time)
+            self.last_run_time, published = run_time, published + 1
+        wait_for_selections(0)
         elapsed = time.monotonic() - started
         log.info("replay: %d rounds in %.2fs, %.1f rounds/s", len(done), elapsed, len(done) / elapsed)
         return 0
