@@ -131,8 +131,8 @@ def run_once(workdir: Path, cfg: SelectorConfig, run_time: str | None = None, sh
                     log.error("the market service gave up on run_time %s (see its message above)",
                               target.isoformat())
                     return 1
-                if update is None and time.monotonic() - client._asked_at > 1.0:
-                    client.request_snapshot()
+                if update is None:
+                    client.request_snapshot_after(1.0)
         finally:
             client.close()
         if update is None:

@@ -32,7 +32,7 @@ from shared.messages import (
     Heartbeat,
     Selection,
     SnapshotRequest,
-    encode,
+    encode_unsequenced,
 )
 from shared.tables import ipc_to_frame
 
@@ -91,17 +91,20 @@ class SelectionClient:
     def request_snapshot(self) -> None:
         """Ask for the latest selection, or in history mode for all after the newest we have."""
         since = self.latest_run_time if self.history else None
-        header = Header(kind=SnapshotRequest.kind, sender=self.sender, seq=0,
-                        sent_at=datetime.now().astimezone())
-        self.dealer.send_multipart(encode("snapshot", header, SnapshotRequest(run_time=None, since=since)))
+        self.dealer.send_multipart(encode_unsequenced("snapshot", self.sender,
+                                                      SnapshotRequest(run_time=None, since=since)))
         self._asked_at = time.monotonic()
+
+    def request_snapshot_after(self, seconds: float) -> None:
+        """Ask again, unless a request went out within the last ``seconds``."""
+        if time.monotonic() - self._asked_at > seconds:
+            self.request_snapshot()
 
     def _accept(self, env: Envelope) -> SelectionUpdate | None:
         if isinstance(env.body, Heartbeat):
             newest = int(env.body.state.get("selection_seq", 0))
-            behind = newest > self.delivered.get(env.header.sender, 0)
-            if behind and time.monotonic() - self._asked_at > 0.5:
-                self.request_snapshot()
+            if newest > self.delivered.get(env.header.sender, 0):
+                self.request_snapshot_after(0.5)
             return None
         if not isinstance(env.body, Selection):
             return None

@@ -11,7 +11,7 @@ a valid message raises ``BadMessage`` naming what was wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -225,6 +225,11 @@ def encode(topic: str, header: Header, body: Body, payloads: list[Any] | tuple[A
     head = header.model_dump(mode="json")
     head["body"] = body.model_dump(mode="json")
     return [topic.encode(), msgpack.packb(head), *payloads]
+
+
+def encode_unsequenced(topic: str, sender: str, body: Body) -> list[Any]:
+    """A request or reply outside any published sequence (seq 0): snapshot requests and empty answers."""
+    return encode(topic, Header(kind=body.kind, sender=sender, seq=0, sent_at=datetime.now(UTC)), body)
 
 
 def decode(frames: list[Any]) -> Envelope:

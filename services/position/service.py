@@ -29,7 +29,6 @@ from shared.config import SelectorConfig
 from shared.messages import (
     Envelope,
     FactorResults,
-    Header,
     Heartbeat,
     RoundClosed,
     RoundOpen,
@@ -37,7 +36,7 @@ from shared.messages import (
     SnapshotEmpty,
     SnapshotRequest,
     decode,
-    encode,
+    encode_unsequenced,
 )
 from shared.service import HeartbeatTimer, StopFlag
 from shared.tables import frame_to_ipc, ipc_to_table, table_to_ipc
@@ -165,9 +164,8 @@ class Position:
         for reply in replies:
             self.snapshot.send_multipart([ident, *reply], copy=False)
         if not replies:
-            header = Header(kind=SnapshotEmpty.kind, sender=self.pub.sender, seq=0,
-                            sent_at=datetime.now().astimezone())
-            self.snapshot.send_multipart([ident, *encode("snapshot", header, SnapshotEmpty(run_time=None))])
+            self.snapshot.send_multipart(
+                [ident, *encode_unsequenced("snapshot", self.pub.sender, SnapshotEmpty(run_time=None))])
 
     # -- completing rounds --------------------------------------------------------------------
     def finish_due_rounds(self) -> None:
