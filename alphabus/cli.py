@@ -8,43 +8,162 @@ import sys
 from pathlib import Path
 
 EXIT_CONFIG = 2
+"""Every user mistake (arguments, config, work directory, ports) exits with this code, as argparse does."""
 
 
-def _workdir(value: str | None) -> Path:
+def _workdir(value: str | None, *, write: bool = False) -> Path:
+    """The work directory, checked before any service starts: it exists and, if the command records
+    there (``write``), is writable."""
+    from alphabus.launcher import UsageError
+
     path = value or os.environ.get("ALPHABUS_WORKDIR")
     if not path:
-        raise SystemExit("alphabus: give WORKDIR (the folder holding factor_calc.json) or set ALPHABUS_WORKDIR")
-    return Path(path)
+        raise UsageError("give WORKDIR (the folder holding factor_calc.json) or set ALPHABUS_WORKDIR")
+    workdir = Path(path)
+    if not workdir.is_dir():
+        raise UsageError(f"work directory {workdir} does not exist; create it and put factor_calc.json in it")
+    if write and not _writable(workdir):
+        raise UsageError(f"work directory {workdir} is read-only; this command records its history there, "
+                         "so make it writable or choose another")
+    return workdir
+
+
+def _writable(folder: Path) -> bool:
+    """Try it: permission bits say nothing for root or a read-only mount."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".alphabus-write-check-"):
+            return True
+    except OSError:
+        return False
+
+
+def _shard(text: str):
+    """argparse type for --shard K/N."""
+    from shared.bus import Shard
+
+    try:
+        return Shard.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _shard_count(text: str) -> int:
+    """argparse type for --factor-shards: 1 to the number of hash buckets."""
+    from shared.bus import BUCKETS
+
+    n = _whole(text)
+    if not 1 <= n <= BUCKETS:
+        raise argparse.ArgumentTypeError(f"{n} shards: need 1 to {BUCKETS} (symbols hash into {BUCKETS} buckets)")
+    return n
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts (rounds, symbols, hours, history, a candle index): 1 or more."""
+    n = _whole(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: need 1 or more")
+    return n
+
+
+def _positive_float(text: str) -> float:
+    """argparse type for durations that must pass: more than 0 seconds."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: need a number of seconds above 0")
+    return x
+
+
+def _iso_time(text: str) -> str:
+    """argparse type for --run-time: ISO 8601 here; the boundary check needs the config (``_run_time``)."""
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time such as 2024-01-31T08:00:00") from None
+    return text
+
+
+def _replay_dir(text: str) -> Path:
+    """argparse type for --replay: a folder holding the data set's three files."""
+    from services.market.sim import ReplayMarket
+
+    folder = Path(text)
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"replay folder {text} does not exist")
+    missing = [f for f in (ReplayMarket.CANDLES, ReplayMarket.FUNDING, ReplayMarket.EXGINFO)
+               if not (folder / f).is_file()]
+    if missing:
+        raise argparse.ArgumentTypeError(f"replay folder {text} has no {', '.join(missing)}")
+    return folder
+
+
+def _run_time(text: str, cfg):
+    """--run-time as the round it names: on a boundary of the config's interval, in its timezone."""
+    from alphabus.launcher import UsageError
+    from shared.clock import boundary_run_time, parse_interval, zone
+
+    try:
+        return boundary_run_time(text, parse_interval(cfg.interval), zone(cfg.timezone))
+    except ValueError as e:
+        raise UsageError(f"--run-time: {e}") from None
 
 
 def _config(workdir: Path):
-    from shared.config import load_config
+    from alphabus.launcher import UsageError
+    from shared.config import CONFIG_FILE, load_config
 
+    if not (workdir / CONFIG_FILE).is_file():
+        raise UsageError(f"work directory {workdir} has no {CONFIG_FILE}; write the article's there "
+                         "(see the README's Configuration section)")
     return load_config(workdir)
 
 
 def cmd_market(args: argparse.Namespace) -> int:
+    import logging
+
+    from alphabus.launcher import debug_run_time
     from services.market import service
-    from shared.clock import parse_run_time, zone
     from shared.service import setup_logging
 
     setup_logging("market")
     workdir = _workdir(args.workdir)
     cfg = _config(workdir)
-    run_time = parse_run_time(args.run_time, zone(cfg.timezone)) if args.run_time else None
-    return service.main(cfg, clock=args.clock, run_time=run_time, await_subscribers=args.await_subscribers,
+    run_time = _run_time(args.run_time, cfg) if args.run_time else None
+    if cfg.debug and run_time is None and args.replay is None:
+        run_time = debug_run_time(cfg)
+        logging.getLogger("market").info("debug: true in factor_calc.json: the round of %s only, then exit "
+                                         "(the article's debug mode)", run_time.isoformat())
+    return service.main(cfg, workdir, clock=args.clock, run_time=run_time, await_subscribers=args.await_subscribers,
                         replay=args.replay, first_hour=args.first_hour, hours=args.hours,
                         send_paths=args.send == "paths")
 
 
 def cmd_factor(args: argparse.Namespace) -> int:
+    from alphabus.launcher import UsageError
     from services.factor import service
-    from shared.bus import Shard
     from shared.service import setup_logging
 
     setup_logging("factor")
     workdir = _workdir(args.workdir)
-    shard = Shard.parse(args.shard or os.environ.get("ALPHABUS_SHARD", "0/1"))
+    shard = args.shard
+    if shard is None:
+        try:
+            shard = _shard(os.environ.get("ALPHABUS_SHARD", "0/1"))
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"ALPHABUS_SHARD: {e}") from None
     return service.main(_config(workdir), workdir, shard, fast=not args.plugins_only)
 
 
@@ -53,7 +172,7 @@ def cmd_position(args: argparse.Namespace) -> int:
     from shared.service import setup_logging
 
     setup_logging("position")
-    workdir = _workdir(args.workdir)
+    workdir = _workdir(args.workdir, write=True)
     return service.main(_config(workdir), workdir)
 
 
@@ -62,23 +181,27 @@ def cmd_recorder(args: argparse.Namespace) -> int:
     from shared.service import setup_logging
 
     setup_logging("recorder")
-    workdir = _workdir(args.workdir)
+    workdir = _workdir(args.workdir, write=True)
     return service.main(workdir, _config(workdir))
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
     from alphabus import launcher
 
-    workdir = _workdir(args.workdir)
-    _config(workdir)
+    workdir = _workdir(args.workdir, write=True)
+    cfg = _config(workdir)
+    if cfg.debug:  # the article: debug runs the round that just closed, once, and exits
+        return launcher.run_once(workdir, cfg, shards=args.factor_shards)
     return launcher.run_stack(workdir, clock=args.clock, shards=args.factor_shards)
 
 
 def cmd_once(args: argparse.Namespace) -> int:
     from alphabus import launcher
 
-    workdir = _workdir(args.workdir)
-    return launcher.run_once(workdir, _config(workdir), run_time=args.run_time, shards=args.factor_shards)
+    workdir = _workdir(args.workdir, write=True)
+    cfg = _config(workdir)
+    run_time = _run_time(args.run_time, cfg) if args.run_time else None
+    return launcher.run_once(workdir, cfg, run_time=run_time, shards=args.factor_shards)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -89,7 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from alphabus import sim
+    from services.market import sim
     from shared.service import StopFlag, setup_logging
 
     setup_logging("sim")
@@ -104,7 +227,23 @@ def cmd_paper(args: argparse.Namespace) -> int:
     from shared.service import setup_logging
 
     setup_logging("paper")
-    return paper.main(_workdir(args.workdir), fee_bps=args.fee_bps)
+    return paper.main(_workdir(args.workdir, write=True), fee_bps=args.fee_bps)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create the stack's CURVE keys (if absent) and, with --client, an outside executor's admitted pair."""
+    from shared import security
+
+    workdir = _workdir(args.workdir)
+    folder = security.keys_folder(workdir)
+    made = security.create_keys(folder)
+    print(f"{'created' if made else 'using'} the stack's CURVE keys in {folder}")
+    for name in args.client or []:
+        secret = security.add_client(folder, name)
+        print(f"client {name!r} admitted to the selections; give the executor {folder / 'position.key'} and "
+              f"{secret} (keep it secret) and run it with ALPHABUS_KEYS=<folder holding both> "
+              f"ALPHABUS_KEY_NAME={name}")
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -151,23 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--clock", choices=["wall", "follow"], default=os.environ.get("ALPHABUS_CLOCK", "wall"),
                     help="wall: rounds at wall-clock boundaries (a real crawler); follow: a round whenever the "
                          "crawler writes a newer exginfo marker (the simulator). Default $ALPHABUS_CLOCK or wall")
-    sp.add_argument("--run-time", help="run this one round (ISO 8601; naive = crawler timezone) and exit")
+    sp.add_argument("--run-time", type=_iso_time,
+                    help="run this one round (ISO 8601; naive = crawler timezone) and exit")
     sp.add_argument("--await-subscribers", type=float, default=10.0, metavar="SEC",
                     help="hold the first round up to SEC seconds until position and every shard subscribed")
     sp.add_argument("--send", choices=["bytes", "paths"], default=os.environ.get("ALPHABUS_SEND", "bytes"),
                     help="bytes: candle files travel over the socket (workers anywhere); paths: only their "
                          "paths, for workers that see the crawler's directory (one host, a shared volume). "
                          "Default $ALPHABUS_SEND or bytes")
-    sp.add_argument("--replay", type=Path, metavar="DATA_DIR",
+    sp.add_argument("--replay", type=_replay_dir, metavar="DATA_DIR",
                     help="instead of a crawler, replay a real data set (../shared/data/binance_usdm_1h) from "
                          "memory, round after round as fast as the stack goes; then exit")
-    sp.add_argument("--first-hour", type=int, help="with --replay: the candle index of the first round")
-    sp.add_argument("--hours", type=int, help="with --replay: how many rounds (default: all)")
+    sp.add_argument("--first-hour", type=_positive_int, help="with --replay: the candle index of the first round")
+    sp.add_argument("--hours", type=_positive_int, help="with --replay: how many rounds (default: all)")
     sp.set_defaults(func=cmd_market)
 
     sp = sub.add_parser("factor", help="factor layer: compute factors and filters for one shard of symbols")
     workdir_arg(sp)
-    sp.add_argument("--shard", help="K/N: own shard K of N by stable symbol hash (default $ALPHABUS_SHARD or 0/1)")
+    sp.add_argument("--shard", type=_shard,
+                    help="K/N: own shard K of N by stable symbol hash (default $ALPHABUS_SHARD or 0/1)")
     sp.add_argument("--plugins-only", action="store_true",
                     help="always run the plugins' signal functions, never the built-in kernels (the reference)")
     sp.set_defaults(func=cmd_factor)
@@ -183,34 +324,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("stack", help="run all four services as child processes until Ctrl-C")
     workdir_arg(sp)
     sp.add_argument("--clock", choices=["wall", "follow"], default="wall")
-    sp.add_argument("--factor-shards", type=int, default=1, metavar="N")
+    sp.add_argument("--factor-shards", type=_shard_count, default=1, metavar="N")
     sp.set_defaults(func=cmd_stack)
 
     sp = sub.add_parser("once", help="debug mode: one round through the four services, print it, exit")
     workdir_arg(sp)
-    sp.add_argument("--run-time", help="ISO 8601 (naive = crawler timezone); default: the latest boundary")
-    sp.add_argument("--factor-shards", type=int, default=1, metavar="N")
+    sp.add_argument("--run-time", type=_iso_time,
+                    help="ISO 8601 (naive = crawler timezone); default: the latest boundary")
+    sp.add_argument("--factor-shards", type=_shard_count, default=1, metavar="N")
     sp.set_defaults(func=cmd_once)
 
     sp = sub.add_parser("demo", help="simulated crawler + the four services; show a few rounds, then stop")
-    sp.add_argument("--rounds", type=int, default=3)
-    sp.add_argument("--symbols", type=int, default=80)
-    sp.add_argument("--hour-seconds", type=float, default=3.0, help="wall seconds per simulated hour")
-    sp.add_argument("--replay", type=Path, help="replay a real data set (e.g. ../shared/data/binance_usdm_1h)")
-    sp.add_argument("--factor-shards", type=int, default=1, metavar="N")
+    sp.add_argument("--rounds", type=_positive_int, default=3)
+    sp.add_argument("--symbols", type=_positive_int, default=80)
+    sp.add_argument("--hour-seconds", type=_positive_float, default=3.0, help="wall seconds per simulated hour")
+    sp.add_argument("--replay", type=_replay_dir,
+                    help="replay a real data set (e.g. ../shared/data/binance_usdm_1h)")
+    sp.add_argument("--factor-shards", type=_shard_count, default=1, metavar="N")
     sp.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("sim", help="a stand-in crawler: write a BMAC directory on an accelerated clock")
     sp.add_argument("out_dir", help="the BMAC directory to write")
-    sp.add_argument("--symbols", type=int, default=60)
+    sp.add_argument("--symbols", type=_positive_int, default=60)
     sp.add_argument("--seed", type=int, default=7)
-    sp.add_argument("--history", type=int, default=1500, help="candles kept per file")
-    sp.add_argument("--hours", type=int, help="stop after this many simulated hours (default: run on)")
-    sp.add_argument("--hour-seconds", type=float, default=3.0, help="wall seconds per simulated hour")
+    sp.add_argument("--history", type=_positive_int, default=1500, help="candles kept per file")
+    sp.add_argument("--hours", type=_positive_int, help="stop after this many simulated hours (default: run on)")
+    sp.add_argument("--hour-seconds", type=_positive_float, default=3.0, help="wall seconds per simulated hour")
     sp.add_argument("--spread-sec", type=float, default=0.5, help="spread each hour's files over this long")
-    sp.add_argument("--replay", type=Path, help="replay a real data set hour by hour instead of simulating")
-    sp.add_argument("--first-hour", type=int, help="with --replay: the candle index of the first round")
+    sp.add_argument("--replay", type=_replay_dir, help="replay a real data set hour by hour instead of simulating")
+    sp.add_argument("--first-hour", type=_positive_int, help="with --replay: the candle index of the first round")
     sp.set_defaults(func=cmd_sim)
 
     sp = sub.add_parser("paper", help="the reference executor: paper-trade each selection, record fills and equity")
@@ -218,13 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fee-bps", type=float, default=0.0, help="taker fee charged on each fill, in basis points")
     sp.set_defaults(func=cmd_paper)
 
+    sp = sub.add_parser("keys", help="create the stack's CURVE keys; admit an outside executor with --client")
+    workdir_arg(sp)
+    sp.add_argument("--client", action="append", metavar="NAME",
+                    help="also create a key pair NAME for an executor and admit it to the selections "
+                         "(repeatable; takes effect without restarting the stack)")
+    sp.set_defaults(func=cmd_keys)
+
     sp = sub.add_parser("schema", help="print the message contract as JSON Schema")
     sp.add_argument("--out", help="write to this file instead of stdout")
     sp.set_defaults(func=cmd_schema)
 
     sp = sub.add_parser("health", help="exit 0 if this container's service heartbeat is fresh")
     sp.add_argument("--file", help="the heartbeat file (default $ALPHABUS_HEALTH_FILE)")
-    sp.add_argument("--max-age", type=float, default=10.0, metavar="SEC")
+    sp.add_argument("--max-age", type=_positive_float, default=10.0, metavar="SEC")
     sp.set_defaults(func=cmd_health)
     return p
 
@@ -235,14 +385,50 @@ def subcommands() -> list[str]:
     return sorted(actions[0].choices)
 
 
+def _endpoint_problem(error: Exception) -> str | None:
+    """A socket that cannot bind or connect its endpoint, as one sentence naming the variable that sets it;
+    None for any other ZeroMQ error (a bug, not a user's mistake: its traceback is wanted)."""
+    import errno
+    import re
+
+    from shared.bus import DEFAULT_ENDPOINTS, bind_address, endpoint
+
+    found = re.search(r"\(addr='([^']*)'\)", str(error))
+    if found is None:
+        return None
+    address = found.group(1)
+    var = next((v for v in DEFAULT_ENDPOINTS if address in (endpoint(v), bind_address(endpoint(v)))), None)
+    setting = f"set {var} to" if var else "set the ALPHABUS_* endpoint variables to"
+    if getattr(error, "errno", None) == errno.EADDRINUSE:
+        return (f"cannot bind {address}{f' ({var})' if var else ''}: the port is already in use (another "
+                f"stack?); {setting} a free endpoint or stop the process that holds it")
+    reason = str(error).split(" (addr=")[0]
+    return f"cannot use {address}{f' ({var})' if var else ''}: {reason}; {setting} an endpoint such as " \
+           f"tcp://127.0.0.1:5701"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The one place that turns errors into exit codes: a user's mistake is one sentence and code 2."""
     args = build_parser().parse_args(argv)
+    import zmq
+
+    from alphabus.launcher import Terminated, UsageError
     from shared.config import ConfigError
+    from shared.errors import UserMistake
+    from shared.security import KeyProblem
 
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"alphabus: {e}", file=sys.stderr)
+    except (ConfigError, KeyProblem, UsageError, UserMistake) as e:
+        print(f"alphabus {args.command}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except zmq.ZMQError as e:
+        problem = _endpoint_problem(e)
+        if problem is None:
+            raise
+        print(f"alphabus {args.command}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except Terminated as e:
+        return 128 + e.args[0]

@@ -11,8 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from alphabus.display import format_selection
-from alphabus.launcher import Services, loopback_endpoints, start_stack
-from shared.client import SelectionClient
+from alphabus.launcher import Services, loopback_endpoints, raise_on_termination, stack_client, start_stack
 
 
 def demo_config(bmac_dir: Path) -> dict:
@@ -38,7 +37,19 @@ def paper_summary(workdir: Path) -> str:
 
 def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_seconds: float = 3.0,
         shards: int = 1, keep: bool = False) -> int:
+    """The demo in a temporary folder, removed afterwards (unless ``keep``) even on SIGTERM or Ctrl-C."""
+    raise_on_termination()
     root = Path(tempfile.mkdtemp(prefix="alphabus-demo-"))
+    try:
+        return _run(root, rounds, symbols, replay, hour_seconds, shards)
+    finally:
+        if keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(root: Path, rounds: int, symbols: int, replay: Path | None, hour_seconds: float, shards: int) -> int:
     bmac, workdir = root / "bmac", root / "work"
     workdir.mkdir(parents=True)
     bmac.mkdir()
@@ -54,7 +65,7 @@ def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_sec
     shown = 0
     started = time.monotonic()
     with Services({**endpoints, "ALPHABUS_LOG_LEVEL": "WARNING"}) as services:
-        client = SelectionClient(endpoints["ALPHABUS_SELECTION_PUB"], endpoints["ALPHABUS_SNAPSHOT"], name="demo")
+        client = stack_client(workdir, endpoints, "demo")
         try:
             services.start("sim", sim_args)
             start_stack(services, workdir, shards=shards, clock="follow")
@@ -68,8 +79,4 @@ def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_sec
             client.close()
     print(f"{shown} round(s) in {time.monotonic() - started:.1f}s; all processes stopped")
     print(paper_summary(workdir))
-    if keep:
-        print(f"kept {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
     return 0 if shown >= rounds else 1

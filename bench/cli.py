@@ -12,13 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import bench
-from alphabus.sim import SyntheticMarket
 from bench.feed import Feed
 from bench.procs import machine
 from bench.provenance import source_hash, source_state
 from bench.replay import run_replay
 from bench.report import evaluate, render
 from bench.scenario import progress, run_scenario
+from services.market.sim import SyntheticMarket
 from shared.bmac import BmacDir
 from tests.conftest import REAL_DATA
 

@@ -1,6 +1,6 @@
 """The crawler's side: one market's hours written into one BMAC directory, in the orders the bench measures.
 
-``alphabus.sim.write_hour`` always writes exginfo first and each candle file just before its
+``services.market.sim.write_hour`` always writes exginfo first and each candle file just before its
 marker. The bench needs two other orders, built from the same ``BmacDir`` writers:
 
 * burst: every candle file and marker, then funding, then LAST exginfo. In follow mode the market
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alphabus.sim import Market
+from services.market.sim import Market
 from shared.bmac import BmacDir
 
 

@@ -13,11 +13,11 @@ import itertools
 import time
 from pathlib import Path
 
-from alphabus.sim import ReplayMarket, write_hour
 from bench.baseline import Picks
 from bench.scenario import progress
 from bench.stack import FIRST_ROUND_TIMEOUT, ROUND_TIMEOUT, BenchError, BenchStack
 from bench.stats import summary
+from services.market.sim import ReplayMarket, write_hour
 from shared.bmac import BmacDir
 from shared.messages import Selection
 from tests.reference import article_round

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from alphabus.launcher import Services, loopback_endpoints, start_stack
+from alphabus.launcher import Services, loopback_endpoints, stack_client, start_stack
 from bench.procs import cpu_snapshot, memory_mb
 from services.recorder.files import history_paths
 from shared.client import SelectionClient, SelectionUpdate
@@ -59,8 +59,7 @@ class BenchStack:
 
     def __enter__(self) -> BenchStack:
         # Subscribe before the stack starts: the market holds its first round until everyone listens.
-        self.client = SelectionClient(self.endpoints["ALPHABUS_SELECTION_PUB"], self.endpoints["ALPHABUS_SNAPSHOT"],
-                                      name="bench")
+        self.client = stack_client(self.workdir, self.endpoints, "bench")
         try:
             with _stderr_to(self.log_path):
                 start_stack(self.services, self.workdir, shards=self.shards, clock="follow",

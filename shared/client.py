@@ -16,20 +16,23 @@ selection number, so a selection lost in transit is fetched again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
+from pathlib import Path
 
 import pandas as pd
 import zmq
 
-from shared import bus
+from shared import bus, security
 from shared.messages import (
     Envelope,
     Header,
     Heartbeat,
+    Missed,
     Selection,
     SnapshotRequest,
     encode_unsequenced,
@@ -59,6 +62,22 @@ class SelectionUpdate:
     def short(self) -> pd.DataFrame:
         return ipc_to_frame(self.payloads[2])
 
+    @property
+    def run_time(self) -> datetime:
+        return self.selection.run_time
+
+
+@dataclass(frozen=True)
+class MissedUpdate:
+    """An hour boundary without a selection, and why (``missed.reason``, ``missed.detail``)."""
+
+    header: Header
+    missed: Missed
+
+    @property
+    def run_time(self) -> datetime:
+        return self.missed.run_time
+
 
 class SelectionClient:
     """SUB to ``selection`` plus a DEALER for snapshots.
@@ -67,31 +86,53 @@ class SelectionClient:
     With ``history=True`` every selection is delivered once, even an older one that arrives
     late from a snapshot, and the first snapshot asks for everything after ``since`` (the
     recorder uses this to fill the rounds it missed while it was down).
+
+    Hours without a selection arrive as ``MissedUpdate`` in history mode (or with
+    ``deliver_missed = True``); otherwise they only advance the sequence, so an executor's loop
+    sees selections alone.
     """
+
+    deliver_missed: bool | None = None
+    """None: deliver missed hours in history mode only."""
 
     def __init__(self, selection_pub: str | None = None, snapshot: str | None = None,
                  name: str = "client", ctx: zmq.Context | None = None, history: bool = False,
-                 since: datetime | None = None):
+                 since: datetime | None = None, keys: Path | None = None, key_name: str | None = None,
+                 stack: str | None = None):
+        """``keys``: the folder holding the position service's public key (``position.key``) and this
+        client's pair (``<key_name>.key_secret``; ``key_name`` defaults to $ALPHABUS_KEY_NAME, then ``name``);
+        default $ALPHABUS_KEYS. ``stack``: accept only this stack's messages (default $ALPHABUS_STACK, else
+        this process's stack, else any: the position service's key already proves who it is)."""
         self.ctx = ctx or bus.context()
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.connect(selection_pub or bus.endpoint("ALPHABUS_SELECTION_PUB"))
-        self.sub.setsockopt_string(zmq.SUBSCRIBE, bus.SELECTION)
-        self.sub.setsockopt_string(zmq.SUBSCRIBE, "hb.position")
-        self.dealer = self.ctx.socket(zmq.DEALER)
+        creds = security.client_keys(keys)
+        key_name = key_name or os.environ.get(security.KEY_NAME_ENV) or name
+        self.sub = bus.selection_subscriber(self.ctx, creds, key_name, selection_pub,
+                                            topics=(bus.SELECTION, "hb.position"))
+        self.dealer = bus.make_socket(self.ctx, zmq.DEALER)
+        if creds:
+            creds.connect_as(self.dealer, key_name, "selections")
         self.dealer.connect(snapshot or bus.endpoint("ALPHABUS_SNAPSHOT"))
         self.sender = bus.identity(name)
+        self.stack = stack if stack is not None else os.environ.get(bus.STACK_ENV, bus.current_stack())
         self.history = history
         self.delivered: dict[str, int] = {}  # position sender -> newest selection seq delivered
         self.seen: set[tuple[str, int]] = set()  # (sender, seq) delivered, in history mode
         self.latest_run_time: datetime | None = since
-        self.inbox = bus.Inbox(ordered=False)  # snapshot replies repeat updates: ordering is ours
+        self.inbox = bus.Inbox(ordered=False, stack=self.stack)  # snapshot replies repeat updates: ordering is ours
         self._asked_at = 0.0
         self.request_snapshot()
+
+    @classmethod
+    def member(cls, workdir: Path, name: str, **kwargs) -> SelectionClient:
+        """A client inside the stack of ``workdir`` (recorder, paper): joins its stack, keys made if absent."""
+        bus.join_stack(workdir)
+        keys = security.stack_keys(workdir)
+        return cls(name=name, keys=keys.folder if keys else None, **kwargs)
 
     def request_snapshot(self) -> None:
         """Ask for the latest selection, or in history mode for all after the newest we have."""
         since = self.latest_run_time if self.history else None
-        self.dealer.send_multipart(encode_unsequenced("snapshot", self.sender,
+        self.dealer.send_multipart(encode_unsequenced("snapshot", self.stack, self.sender,
                                                       SnapshotRequest(run_time=None, since=since)))
         self._asked_at = time.monotonic()
 
@@ -100,27 +141,51 @@ class SelectionClient:
         if time.monotonic() - self._asked_at > seconds:
             self.request_snapshot()
 
-    def _accept(self, env: Envelope) -> SelectionUpdate | None:
+    def _accept(self, env: Envelope) -> SelectionUpdate | MissedUpdate | None:
+        """The update to deliver, or None; never raises on what arrived (a bad selection is logged, dropped)."""
         if isinstance(env.body, Heartbeat):
-            newest = int(env.body.state.get("selection_seq", 0))
-            if newest > self.delivered.get(env.header.sender, 0):
+            newest = env.body.state.get("selection_seq", 0)
+            if isinstance(newest, int) and newest > self.delivered.get(env.header.sender, 0):
                 self.request_snapshot_after(0.5)
             return None
+        if isinstance(env.body, Missed):
+            return self._accept_missed(env)
         if not isinstance(env.body, Selection):
             return None
         key = (env.header.sender, env.header.seq)
         newest = self.delivered.get(env.header.sender, 0)
         if key in self.seen or (not self.history and env.header.seq <= newest):
             return None  # already delivered (snapshot and update overlap), or older than what we have
+        update = SelectionUpdate(env.header, env.body, tuple(env.payloads))
+        try:  # decode the tables now: an executor must not meet unreadable ones halfway through a round
+            update.factors, update.long, update.short  # noqa: B018
+        except Exception as e:  # Arrow and pandas raise several types on malformed tables
+            log.warning("dropped selection %s (seq %d from %s): unreadable table(s): %s: %s",
+                        env.body.run_time.isoformat(), env.header.seq, env.header.sender, type(e).__name__,
+                        str(e)[:200])
+            return None
         self.seen.add(key)
         self.delivered[env.header.sender] = max(newest, env.header.seq)
         if self.latest_run_time is None or env.body.run_time > self.latest_run_time:
             self.latest_run_time = env.body.run_time
-        return SelectionUpdate(env.header, env.body, tuple(env.payloads))
+        return update
 
-    def poll(self, timeout_ms: int = 200) -> list[SelectionUpdate]:
+    def _accept_missed(self, env: Envelope) -> MissedUpdate | None:
+        """A missed hour takes its place in the sequence like a selection; delivered if asked for."""
+        key = (env.header.sender, env.header.seq)
+        newest = self.delivered.get(env.header.sender, 0)
+        if key in self.seen or (not self.history and env.header.seq <= newest):
+            return None
+        self.seen.add(key)
+        self.delivered[env.header.sender] = max(newest, env.header.seq)
+        if self.latest_run_time is None or env.body.run_time > self.latest_run_time:
+            self.latest_run_time = env.body.run_time
+        wanted = self.history if self.deliver_missed is None else self.deliver_missed
+        return MissedUpdate(env.header, env.body) if wanted else None  # type: ignore[arg-type]
+
+    def poll(self, timeout_ms: int = 200) -> list[SelectionUpdate | MissedUpdate]:
         """Whatever arrived within timeout_ms, oldest first."""
-        out: list[SelectionUpdate] = []
+        out: list[SelectionUpdate | MissedUpdate] = []
         poller = zmq.Poller()
         poller.register(self.sub, zmq.POLLIN)
         poller.register(self.dealer, zmq.POLLIN)
@@ -133,7 +198,7 @@ class SelectionClient:
                     out.append(update)
         return out
 
-    def updates(self, timeout_s: float | None = None) -> Iterator[SelectionUpdate]:
+    def updates(self, timeout_s: float | None = None) -> Iterator[SelectionUpdate | MissedUpdate]:
         """Yield selections as they come; stop after timeout_s without one (None: never)."""
         last = time.monotonic()
         while timeout_s is None or time.monotonic() - last < timeout_s:

@@ -7,7 +7,7 @@ timezone-aware datetimes so that every service agrees on what a run_time is.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 DEFAULT_TZ = "Asia/Hong_Kong"
@@ -59,3 +59,36 @@ def parse_run_time(text: str, tz: tzinfo) -> datetime:
         return t.replace(tzinfo=tz)
     return t.astimezone(tz)
 
+
+def boundary_run_time(text: str, interval: timedelta, tz: tzinfo) -> datetime:
+    """A user's run time: ISO 8601 and on an interval boundary, else ValueError saying how to fix it.
+
+    A round exists only at a boundary: any other time would wait for ready markers that never come.
+    """
+    try:
+        t = parse_run_time(text, tz)
+    except ValueError:
+        raise ValueError(f"run time {text!r} is not an ISO 8601 time such as 2024-01-31T08:00:00") from None
+    floor = floor_time(t, interval)
+    if t != floor:
+        raise ValueError(f"run time {text!r} is not on a {_interval_text(interval)} boundary in {tz}; "
+                         f"the boundary before it is {floor.isoformat()}")
+    return t
+
+
+def _interval_text(interval: timedelta) -> str:
+    seconds = int(interval.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def boundaries_between(after: datetime, before: datetime, interval: timedelta) -> list[datetime]:
+    """The interval boundaries strictly between two run_times, counted in UTC so DST zones get real hours."""
+    out, t = [], after.astimezone(UTC) + interval
+    end = before.astimezone(UTC)
+    while t < end:
+        out.append(t.astimezone(after.tzinfo))
+        t += interval
+    return out

@@ -12,17 +12,42 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from shared import plugins
 from shared.clock import DEFAULT_TZ, parse_interval, zone
 
 CONFIG_FILE = "factor_calc.json"
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Number = int | float
+# Strict: JSON's "2", 2.0 or true for a count is a mistake in the file, not something to guess at.
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0)]
+StrictFlag = Annotated[bool, Strict()]
+
+
+def _json_number(value: Any) -> Any:
+    """int stays int (the article's column names print 120, not 120.0); strings and booleans are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a JSON number such as 120, not {_json(value)}")
+    return value
+
+
+Number = Annotated[int | float, BeforeValidator(_json_number)]
+OptionalFloat = Annotated[float | None, Strict()]
+
+_FIXES = {  # pydantic error type -> how to fix it
+    "int_type": "must be a whole JSON number such as 2",
+    "float_type": "must be a JSON number such as 1000",
+    "bool_type": "must be JSON true or false",
+}
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 class ConfigError(Exception):
@@ -42,7 +67,7 @@ class FactorSpec(_Frozen):
     """The article's ``["MtmAtrMean", true, 120, 0, 1]``: name, reverse, back_hour, d_num, weight."""
 
     name: str
-    reverse: bool = Field(description="Sort ascending when true: the head is shorted, the tail longed.")
+    reverse: StrictFlag = Field(description="Sort ascending when true: the head is shorted, the tail longed.")
     back_hour: Number = Field(gt=0)
     d_num: Number = Field(ge=0, description="Fractional difference order; 0 disables it.")
     weight: Number = 1
@@ -96,8 +121,8 @@ class PreFilterRule(_Frozen):
 
     column: str
     rank: Literal["ascending", "descending"] | None = None
-    min: float | None = None
-    max: float | None = None
+    min: OptionalFloat = None
+    max: OptionalFloat = None
 
     @model_validator(mode="after")
     def _bounded(self) -> PreFilterRule:
@@ -124,7 +149,7 @@ class SelectorConfig(_Frozen):
     short_num: NonNegativeInt
     min_candle_num: NonNegativeInt = Field(description="Symbols with fewer candles are skipped.")
     capital_usdt: PositiveFloat = Field(description="Fixed capital, half long and half short.")
-    debug: bool = False
+    debug: StrictFlag = Field(False, description="Run the latest closed round once and exit (the article's).")
 
     # Extensions: every default reproduces the article.
     timezone: str = Field(DEFAULT_TZ, description="The crawler's timezone for run_time and ready files.")
@@ -145,6 +170,14 @@ class SelectorConfig(_Frozen):
 
 def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _problem(err: Any) -> str:
+    """One sentence per bad field: where, what is wrong, and how to fix a wrong JSON type."""
+    fix = _FIXES.get(err["type"])
+    if fix:
+        return f"{_location(err['loc'])}: {fix}, not {_json(err['input'])}"
+    return f"{_location(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
 
 
 def _cross_checks(cfg: SelectorConfig, workdir: Path | None) -> list[str]:
@@ -183,7 +216,7 @@ def parse_config(raw: Any, source: str = CONFIG_FILE, workdir: Path | None = Non
     try:
         cfg = SelectorConfig.model_validate(raw)
     except ValidationError as e:
-        problems = [f"{_location(err['loc'])}: {err['msg']}" for err in e.errors()]
+        problems = [_problem(err) for err in e.errors()]
         raise ConfigError(source, problems) from None
     problems = _cross_checks(cfg, workdir)
     if problems:

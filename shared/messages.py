@@ -17,9 +17,54 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgpack
 import zmq
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
+
+# Bounds on what a peer can make a receiver hold: every list, map and string that comes off the wire.
+MAX_SYMBOLS = 10_000
+"""Most symbols a list or map in one message may hold (an exchange lists a few hundred)."""
+MAX_TEXT = 1_000
+"""Free text from a peer (skip details, reasons) is clipped to this many characters."""
+MAX_TOPIC_BYTES = 256
+MAX_HEADER_BYTES = 16 * 2**20
+"""A header frame above this is refused before msgpack parses it."""
+MAX_PAYLOAD_FRAMES = 8
+SYMBOL_PATTERN = r"^[A-Z0-9]{1,32}$"
+"""A plain exchange ticker: nothing that could name a path (``../../etc/x``) or a topic prefix."""
+
+
+def _clip(value: Any) -> Any:
+    return value[:MAX_TEXT] if isinstance(value, str) else value
+
+
+def _valid_shard(text: str) -> str:
+    from shared.bus import Shard  # bus imports this module: import at use, the parse stays in one place
+
+    return str(Shard.parse(text))
+
+
+Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
+Text = Annotated[str, BeforeValidator(_clip)]
+ShardName = Annotated[str, StringConstraints(max_length=16), AfterValidator(_valid_shard)]
+"""'K/N' with 0 <= K < N <= bus.BUCKETS."""
+
+
+def _unique(symbols: list[str], what: str) -> None:
+    seen: set[str] = set()
+    dup = [s for s in symbols if s in seen or seen.add(s)]  # type: ignore[func-returns-value]
+    if dup:
+        raise ValueError(f"{what}: duplicate symbol(s) {', '.join(sorted(set(dup))[:5])}")
 
 
 class BadMessage(Exception):
@@ -31,6 +76,8 @@ class Body(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: ClassVar[str]
+    payload_frames: ClassVar[tuple[int, int]] = (0, MAX_PAYLOAD_FRAMES)
+    """How many payload frames a message of this kind carries (least, most); decode enforces it."""
     run_time: AwareDatetime | None = Field(description="The round this message belongs to.")
 
 
@@ -38,7 +85,7 @@ class SymbolSpec(BaseModel):
     """One tradable contract of the round, from the crawler's exginfo."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    symbol: str
+    symbol: Symbol
     face_value: Decimal | None = Field(description="Lot size, exact as the crawler wrote it.")
     price_tick: Decimal | None = None
     min_notional_value: Decimal | None = None
@@ -48,19 +95,27 @@ class RoundOpen(Body):
     """Market: a round starts; here is its universe and funding."""
 
     kind: ClassVar[str] = "round_open"
+    payload_frames: ClassVar[tuple[int, int]] = (0, 0)
     run_time: AwareDatetime
-    interval: str
-    symbols: list[SymbolSpec]
-    funding: dict[str, float | None] = Field(description="Latest funding rate per symbol.")
-    expire_sec: float = Field(description="How long the market waits for ready files, from now.")
+    interval: str = Field(max_length=16)
+    symbols: list[SymbolSpec] = Field(max_length=MAX_SYMBOLS)
+    funding: dict[Symbol, float | None] = Field(max_length=MAX_SYMBOLS,
+                                                description="Latest funding rate per symbol.")
+    expire_sec: float = Field(ge=0, le=86_400, description="How long the market waits for ready files, from now.")
+
+    @model_validator(mode="after")
+    def _unique_symbols(self) -> RoundOpen:
+        _unique([s.symbol for s in self.symbols], "symbols")
+        return self
 
 
 class RoundClosed(Body):
     """Market: no more candles will come for this round; these symbols never got theirs."""
 
     kind: ClassVar[str] = "round_closed"
+    payload_frames: ClassVar[tuple[int, int]] = (0, 0)
     run_time: AwareDatetime
-    missing: dict[str, str] = Field(description="Symbol -> why no candles were published.")
+    missing: dict[Symbol, Text] = Field(max_length=MAX_SYMBOLS, description="Symbol -> why no candles were published.")
     last_ready_at: AwareDatetime | None = Field(description="When the round's last ready marker was seen.")
 
 
@@ -72,9 +127,10 @@ class Candles(Body):
     """
 
     kind: ClassVar[str] = "candles"
+    payload_frames: ClassVar[tuple[int, int]] = (0, 1)
     run_time: AwareDatetime
-    symbol: str
-    path: str = Field(description="The file the bytes came from (to read, with by_path).")
+    symbol: Symbol
+    path: str = Field(max_length=4096, description="The file the bytes came from (to read, with by_path).")
     ready_at: AwareDatetime = Field(description="When the market saw the symbol's ready marker.")
     by_path: bool = Field(False, description="No payload: read the file at ``path``.")
 
@@ -83,31 +139,38 @@ class Skip(BaseModel):
     """A symbol left out of the round, and why."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    symbol: str
+    symbol: Symbol
     reason: Literal["too_few_candles", "bad_data", "stale", "error", "no_candles"]
-    detail: str
+    detail: Text
 
 
 class FactorResults(Body):
     """Factor worker: factor rows (payload: Arrow IPC table, one row per symbol) and skips."""
 
     kind: ClassVar[str] = "factor_results"
+    payload_frames: ClassVar[tuple[int, int]] = (0, 1)
     run_time: AwareDatetime
-    shard: str
-    symbols: list[str] = Field(description="Symbols whose rows are in the payload table, in order.")
-    skipped: list[Skip] = []
+    shard: ShardName = Field(description="The sending worker's shard, 'K/N'.")
+    symbols: list[Symbol] = Field(max_length=MAX_SYMBOLS,
+                                  description="Symbols whose rows are in the payload table, in order.")
+    skipped: list[Skip] = Field([], max_length=MAX_SYMBOLS)
     last_ready_at: AwareDatetime | None = Field(description="Latest ready marker among these symbols.")
     compute_ms: float = Field(0.0, description="Time spent decoding and computing these symbols.")
+
+    @model_validator(mode="after")
+    def _each_symbol_once(self) -> FactorResults:
+        _unique([*self.symbols, *(s.symbol for s in self.skipped)], "symbols and skipped")
+        return self
 
 
 class Pick(BaseModel):
     """One selected coin and its target position."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    symbol: str = Field(description="Contract, e.g. 'BTCUSDT'.")
+    symbol: Symbol = Field(description="Contract, e.g. 'BTCUSDT'.")
     close: float = Field(description="Close of the candle that just closed: the price the round sized at.")
     factor: float = Field(description="The factor value the coin was ranked by.")
-    filters: dict[str, float] = Field(description="Filter column -> value.")
+    filters: dict[str, float] = Field(max_length=64, description="Filter column -> value.")
     position: Decimal = Field(description="Contracts on this side (unsigned), rounded to the lot size; exact.")
     pos_val: float = Field(description="position * close in USDT.")
 
@@ -129,13 +192,17 @@ class Coverage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     expected: int
     received: int
-    skipped: dict[str, str] = Field(description="Symbol -> reason it was left out.")
-    missing: list[str] = Field(description="Symbols nobody accounted for before the deadline.")
-    late: list[str] = Field(
-        [], description="Symbols whose results came after the crawler's deadline (bmac_expire_sec), in the grace."
+    skipped: dict[Symbol, Text] = Field(max_length=MAX_SYMBOLS, description="Symbol -> reason it was left out.")
+    missing: list[Symbol] = Field(max_length=MAX_SYMBOLS,
+                                  description="Symbols nobody accounted for before the deadline.")
+    late: list[Symbol] = Field(
+        [], max_length=MAX_SYMBOLS,
+        description="Symbols whose results came after the crawler's deadline (bmac_expire_sec), in the grace."
     )
-    shards: list[str] = Field([], description="Factor shards ('K/N') that reported for this round.")
-    silent_shards: list[str] = Field([], description="Factor shards expected but not heard from this round.")
+    shards: list[str] = Field([], max_length=256,
+                              description="Factor shards ('K/N') that reported for this round.")
+    silent_shards: list[str] = Field([], max_length=256,
+                                     description="Factor shards expected but not heard from this round.")
 
 
 class Selection(Body):
@@ -146,18 +213,22 @@ class Selection(Body):
     """
 
     kind: ClassVar[str] = "selection"
+    payload_frames: ClassVar[tuple[int, int]] = (3, 3)
     run_time: AwareDatetime
-    factor_column: str
-    long: list[Pick]
-    short: list[Pick]
+    factor_column: str = Field(max_length=256)
+    long: list[Pick] = Field(max_length=MAX_SYMBOLS)
+    short: list[Pick] = Field(max_length=MAX_SYMBOLS)
     shortfall: Shortfall | None = None
     coverage: Coverage
     incomplete: bool = Field(description="True when some symbols were missing at the deadline.")
     latency_ms: float | None = Field(None, description="Last ready marker to selection, milliseconds.")
-    targets: dict[str, Decimal] = Field(description="Symbol -> signed target contracts (long +, short -).")
+    targets: dict[Symbol, Decimal] = Field(max_length=MAX_SYMBOLS,
+                                           description="Symbol -> signed target contracts (long +, short -).")
     previous_run_time: AwareDatetime | None = Field(description="The round the previous targets are from.")
-    previous: dict[str, Decimal] = Field(description="Symbol -> signed targets of the previous round.")
-    changes: dict[str, Decimal] = Field(
+    previous: dict[Symbol, Decimal] = Field(max_length=MAX_SYMBOLS,
+                                            description="Symbol -> signed targets of the previous round.")
+    changes: dict[Symbol, Decimal] = Field(
+        max_length=MAX_SYMBOLS,
         description="Symbol -> target minus previous target, for every symbol in either; what to trade."
     )
 
@@ -166,14 +237,16 @@ class Heartbeat(Body):
     """Any service: I am alive; what I last did."""
 
     kind: ClassVar[str] = "heartbeat"
-    service: str
-    state: dict[str, Any] = {}
+    payload_frames: ClassVar[tuple[int, int]] = (0, 0)
+    service: str = Field(max_length=64)
+    state: dict[Annotated[str, StringConstraints(max_length=64)], Any] = Field({}, max_length=64)
 
 
 class SnapshotRequest(Body):
     """Client: send me the latest selection, or every retained one after ``since``."""
 
     kind: ClassVar[str] = "snapshot_request"
+    payload_frames: ClassVar[tuple[int, int]] = (0, 0)
     since: AwareDatetime | None = None
 
 
@@ -181,6 +254,7 @@ class SnapshotEmpty(Body):
     """Position: there is no selection yet to send."""
 
     kind: ClassVar[str] = "snapshot_empty"
+    payload_frames: ClassVar[tuple[int, int]] = (0, 0)
 
 
 BODIES: dict[str, type[Body]] = {
@@ -195,9 +269,10 @@ class Header(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     v: Annotated[int, Field(description="Schema version.")] = SCHEMA_VERSION
-    kind: str
-    sender: str
-    seq: int
+    kind: str = Field(max_length=64)
+    stack: str = Field(max_length=128, description="The stack this message belongs to: receivers drop others'.")
+    sender: str = Field(max_length=256, description="The sending process incarnation, e.g. 'market@host:pid:t'.")
+    seq: int = Field(ge=0, lt=2**63, description="Per sender and topic, from 1 (0: outside any sequence).")
     sent_at: datetime
 
 
@@ -227,33 +302,60 @@ def encode(topic: str, header: Header, body: Body, payloads: list[Any] | tuple[A
     return [topic.encode(), msgpack.packb(head), *payloads]
 
 
-def encode_unsequenced(topic: str, sender: str, body: Body) -> list[Any]:
+def encode_unsequenced(topic: str, stack: str, sender: str, body: Body) -> list[Any]:
     """A request or reply outside any published sequence (seq 0): snapshot requests and empty answers."""
-    return encode(topic, Header(kind=body.kind, sender=sender, seq=0, sent_at=datetime.now(UTC)), body)
+    return encode(topic, Header(kind=body.kind, stack=stack, sender=sender, seq=0, sent_at=datetime.now(UTC)), body)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _problems(e: ValidationError, limit: int = 3) -> str:
+    """The first few errors, one line, without echoing the (possibly huge) input."""
+    parts = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()[:limit]]
+    more = e.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def decode(frames: list[Any]) -> Envelope:
-    """Frames -> Envelope; BadMessage says what is wrong with them."""
+    """Frames -> Envelope; BadMessage says what is wrong with them (and nothing else is ever raised)."""
     if len(frames) < 2:
         raise BadMessage(f"expected at least 2 frames (topic, header), got {len(frames)}")
+    if len(frames[0]) > MAX_TOPIC_BYTES or len(frames[1]) > MAX_HEADER_BYTES:
+        raise BadMessage(f"topic of {len(frames[0])} or header of {len(frames[1])} bytes is over the limit "
+                         f"({MAX_TOPIC_BYTES}, {MAX_HEADER_BYTES})")
     try:
         topic = bytes(frames[0]).decode()
         head = msgpack.unpackb(bytes(frames[1]))
-    except Exception as e:
-        raise BadMessage(f"undecodable topic or header: {type(e).__name__}: {e}") from None
+    except Exception as e:  # msgpack raises several types (and StackError on deep nesting)
+        raise BadMessage(f"undecodable topic or header: {type(e).__name__}: {_short(str(e))}") from None
     if not isinstance(head, dict):
         raise BadMessage(f"header is a {type(head).__name__}, not a map")
     if head.get("v") != SCHEMA_VERSION:
-        raise BadMessage(f"schema version {head.get('v')!r}, this build speaks {SCHEMA_VERSION}")
-    body_cls = BODIES.get(head.get("kind"))  # type: ignore[arg-type]
+        raise BadMessage(f"schema version {_short(head.get('v'))}, this build speaks {SCHEMA_VERSION}")
+    kind = head.get("kind")
+    body_cls = BODIES.get(kind) if isinstance(kind, str) else None
     if body_cls is None:
-        raise BadMessage(f"unknown message kind {head.get('kind')!r} on topic {topic!r}")
+        raise BadMessage(f"unknown message kind {_short(kind)} on topic {topic!r}")
     raw_body = head.pop("body", None)
+    sender = head.get("sender")
+    origin = f"{body_cls.kind} from {_short(sender) if isinstance(sender, str) else 'an unnamed sender'} " \
+             f"on topic {_short(topic)}"
+    if isinstance(raw_body, dict) and isinstance(raw_body.get("run_time"), str):
+        origin += f" (round {_short(raw_body['run_time'], 40)})"
     try:
         header = Header.model_validate(head)
         body = body_cls.model_validate(raw_body)
     except ValidationError as e:
-        raise BadMessage(f"invalid {body_cls.kind} on topic {topic!r}: {e}") from None
+        raise BadMessage(f"invalid {origin}: {_problems(e)}") from None
+    except Exception as e:  # a validator tripped on something stranger still: the message is bad all the same
+        raise BadMessage(f"invalid {origin}: {type(e).__name__}: {_short(str(e))}") from None
+    least, most = body_cls.payload_frames
+    if not least <= len(frames) - 2 <= most:
+        raise BadMessage(f"{origin} has {len(frames) - 2} payload frame(s), expected "
+                         f"{least if least == most else f'{least} to {most}'}")
     payloads = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames[2:]]
     return Envelope(topic, header, body, payloads)
 
@@ -261,3 +363,26 @@ def decode(frames: list[Any]) -> Envelope:
 def recv(socket: zmq.Socket) -> Envelope:
     """Receive one message without copying payload frames; BadMessage on garbage."""
     return decode(socket.recv_multipart(copy=False))
+
+
+class Missed(Body):
+    """An hour boundary that has no selection, and why: no hour is lost silently.
+
+    The market sends it on ``round.missed`` for a round it could not run; the position service
+    publishes it on ``selection`` (for executors and the recorder) for every hour without a
+    selection, whoever noticed.
+    """
+
+    kind: ClassVar[str] = "missed"
+    payload_frames: ClassVar[tuple[int, int]] = (0, 0)
+    run_time: AwareDatetime
+    reason: Literal["no_exginfo", "bad_exginfo", "market_down", "overwritten", "no_round", "withheld"] = Field(
+        description="no_exginfo: the crawler's exginfo/funding markers did not appear within bmac_expire_sec; "
+                    "bad_exginfo: they could not be read; market_down: the market was not running at the "
+                    "boundary; overwritten: the crawler had already replaced the hour's files with a newer "
+                    "hour's; no_round: no round was gathered for the hour (market or position down); "
+                    "withheld: the round was incomplete and the policy is withhold.")
+    detail: Text = Field(description="One sentence naming what was seen.")
+
+
+BODIES[Missed.kind] = Missed

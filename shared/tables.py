@@ -19,9 +19,12 @@ def table_to_ipc(table: pa.Table) -> pa.Buffer:
 
 
 def ipc_to_table(data: bytes | memoryview | pa.Buffer) -> pa.Table:
-    """Raises pyarrow.ArrowInvalid on malformed bytes."""
+    """Raises pyarrow.ArrowInvalid on malformed bytes, including offsets that point outside the data
+    (fully validated: these bytes come from a peer, and a bad offset would otherwise be read through)."""
     with pa.ipc.open_stream(pa.py_buffer(data), options=pa.ipc.IpcReadOptions(use_threads=False)) as reader:
-        return reader.read_all()
+        table = reader.read_all()
+    table.validate(full=True)
+    return table
 
 
 def ipc_to_frame(data: bytes | memoryview | pa.Buffer) -> pd.DataFrame:

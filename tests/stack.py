@@ -7,9 +7,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import zmq
+
 from alphabus.launcher import Services, loopback_endpoints, start_stack
 from services.recorder.files import history_paths
+from shared import bus, security
 from shared.bmac import BmacDir
+from shared.client import SelectionClient
 from tests.conftest import write_config
 
 
@@ -31,6 +35,34 @@ class StackRun:
 
     def __exit__(self, *exc) -> None:
         self.services.stop()
+
+    @property
+    def stack_id(self) -> str:
+        return bus.stack_identity(self.workdir)
+
+    def insider(self, kind: int, name: str, domain: str, address: str) -> zmq.Socket:
+        """A socket holding one of the stack's own keys (``name``): a peer that got past authentication,
+        e.g. a buggy worker, for tests of what the services make of its messages."""
+        sock = zmq.Context.instance().socket(kind)
+        keys = security.stack_keys(self.workdir)
+        if keys:
+            keys.connect_as(sock, name, domain)
+        sock.connect(address)
+        return sock
+
+    def client(self, name: str = "test") -> SelectionClient:
+        """An executor's client of this stack, with the stack's ``cli`` key."""
+        keys = security.stack_keys(self.workdir)
+        return SelectionClient(self.endpoints["ALPHABUS_SELECTION_PUB"], self.endpoints["ALPHABUS_SNAPSHOT"],
+                               name=name, keys=keys.folder if keys else None, key_name="cli")
+
+    def open_round(self, market, k: int):
+        """Write what starts hour k (exginfo, funding) but no candle yet; return run_time, previous, frames."""
+        run_time, previous = market.run_time(k), market.run_time(k - 1) if k else None
+        frames = market.candles(k)
+        self.bmac.write_exginfo(market.exginfo(), run_time, previous)
+        self.bmac.write_funding(market.funding(k), run_time, previous)
+        return run_time, previous, frames
 
     def kill(self, name: str) -> None:
         """SIGKILL: no goodbye, no flushing, as a crash."""

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from alphabus.launcher import free_port
-from alphabus.sim import SyntheticMarket, write_hour
+from services.market.sim import SyntheticMarket, write_hour
 from services.recorder.files import history_paths
 from shared.bmac import BmacDir
 from tests.conftest import write_config
@@ -132,11 +132,8 @@ def test_garbage_on_every_socket_is_dropped_and_rounds_go_on(tmp_path, capfd):
         stack.wait_for_round(run_time)
         for address in stack.endpoints.values():
             _send_raw_garbage(address)
-        ctx = zmq.Context.instance()
-        pub = ctx.socket(zmq.PUB)
-        pub.connect(stack.endpoints["ALPHABUS_FACTOR_IN"])
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.connect(stack.endpoints["ALPHABUS_SNAPSHOT"])
+        pub = stack.insider(zmq.PUB, "factor", "factor_in", stack.endpoints["ALPHABUS_FACTOR_IN"])
+        dealer = stack.insider(zmq.DEALER, "cli", "selections", stack.endpoints["ALPHABUS_SNAPSHOT"])
         garbage = [[b"factor.x", b"\xc1not msgpack"], [b"factor.x"], [b"factor.x", msgpack.packb({"v": 1})],
                    [b"factor.x", msgpack.packb({"v": 1, "kind": "factor_results", "body": "no"})]]
         deadline = time.monotonic() + 5

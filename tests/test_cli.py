@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import pytest
 
 from alphabus.cli import subcommands
 from alphabus.launcher import loopback_endpoints
-from alphabus.sim import SyntheticMarket, write_hour
+from services.market.sim import SyntheticMarket, write_hour
 from shared.bmac import BmacDir
 from tests.conftest import write_config
 from tests.reference import assert_same_round
@@ -86,3 +90,133 @@ def test_stack_runs_rounds_and_stops_every_child_on_ctrl_c(tmp_path):
     while _alphabus_processes(str(workdir)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _alphabus_processes(str(workdir)) == []
+
+
+# -- every user mistake: one sentence on stderr, exit code 2, no traceback ---------------------------
+
+ALPHABUS = Path(sys.executable).with_name("alphabus")  # the installed console script, as a user runs it
+
+
+def _alphabus(*args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):
+    return subprocess.run([*prefix, str(ALPHABUS), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def _assert_one_sentence(out, *fragments: str) -> str:
+    """Exit 2, no traceback, and the last stderr line (argparse prints its usage above) says it."""
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, f"{fragment!r} not in {last!r}"
+    return last
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    return write_config(tmp_path / "work", tmp_path / "bmac")
+
+
+ARGUMENT_MISTAKES = [
+    (["once", "{W}", "--run-time", "yesterday"], ["--run-time", "'yesterday' is not an ISO 8601 time"]),
+    (["once", "{W}", "--run-time", "2024-01-01T08:30:00"], ["not on a 1h boundary in Asia/Hong_Kong",
+                                                            "2024-01-01T08:00:00+08:00"]),
+    (["market", "{W}", "--run-time", "2024-01-01T08:00:00+05:30"], ["not on a 1h boundary"]),
+    (["factor", "{W}", "--shard", "abc"], ["--shard", "'abc' is not like '0/2'"]),
+    (["factor", "{W}", "--shard", "3/2"], ["--shard", "'3/2'"]),
+    (["factor", "{W}", "--shard", "0/0"], ["--shard", "'0/0'"]),
+    (["factor", "{W}", "--shard", "1/300"], ["--shard", "256"]),
+    (["stack", "{W}", "--factor-shards", "0"], ["--factor-shards", "need 1 to 256"]),
+    (["once", "{W}", "--factor-shards", "-3"], ["--factor-shards", "need 1 to 256"]),
+    (["demo", "--factor-shards", "0"], ["--factor-shards"]),
+    (["market", "{W}", "--replay", "{T}/no-such-data"], ["--replay", "no-such-data does not exist"]),
+    (["demo", "--replay", "{T}"], ["--replay", "has no candles_top100.parquet"]),
+    (["position", "{T}/nowhere"], ["work directory", "nowhere does not exist"]),
+    (["recorder", "{T}"], ["has no factor_calc.json"]),
+    (["stack", "{T}/bmac"], ["does not exist"]),
+]
+
+
+@pytest.mark.parametrize(("args", "fragments"), ARGUMENT_MISTAKES, ids=[" ".join(a) for a, _ in ARGUMENT_MISTAKES])
+def test_every_argument_mistake_is_one_sentence_and_exit_code_2(workdir, tmp_path, args, fragments):
+    args = [a.replace("{W}", str(workdir)).replace("{T}", str(tmp_path)) for a in args]
+    _assert_one_sentence(_alphabus(*args), *fragments)
+
+
+def test_a_replay_start_beyond_the_data_is_one_sentence(tmp_path, real_data):
+    _assert_one_sentence(_alphabus("sim", str(tmp_path / "bmac"), "--replay", str(real_data), "--first-hour", "99999",
+                                   "--hours", "1"), "--first-hour 99999 is outside", "use 1 to")
+
+
+def test_a_bad_shard_in_the_environment_is_named(workdir):
+    last = _assert_one_sentence(_alphabus("factor", str(workdir), env={"ALPHABUS_SHARD": "2/1"}), "ALPHABUS_SHARD")
+    assert "'2/1'" in last
+
+
+def test_a_config_with_wrong_json_types_names_each_field(workdir):
+    raw = json.loads((workdir / "factor_calc.json").read_text())
+    raw.update(long_num="2", capital_usdt="1000", debug=1)
+    raw["factor"][1] = "yes"
+    (workdir / "factor_calc.json").write_text(json.dumps(raw))
+    out = _alphabus("position", str(workdir))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    for line in ('long_num: must be a whole JSON number such as 2, not "2"', 'capital_usdt: must be a JSON number',
+                 "debug: must be JSON true or false, not 1", 'factor.reverse: must be JSON true or false, not "yes"'):
+        assert line in out.stderr, out.stderr
+
+
+@pytest.fixture
+def held_port():
+    """A port some other program listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(("command", "var"), [("market", "ALPHABUS_MARKET_PUB"), ("position", "ALPHABUS_FACTOR_IN"),
+                                              ("position", "ALPHABUS_SNAPSHOT")])
+def test_a_service_whose_port_is_taken_names_the_endpoint_and_its_variable(workdir, held_port, command, var):
+    env = {**loopback_endpoints(), var: held_port}
+    last = _assert_one_sentence(_alphabus(command, str(workdir), env=env), f"cannot bind {held_port} ({var})",
+                                f"set {var} to a free endpoint")
+    assert "already in use" in last
+
+
+def test_a_malformed_endpoint_is_named(workdir):
+    env = {**loopback_endpoints(), "ALPHABUS_SELECTION_PUB": "tcp://127.0.0.1:http"}
+    _assert_one_sentence(_alphabus("position", str(workdir), env=env),
+                         "tcp://127.0.0.1:http (ALPHABUS_SELECTION_PUB)", "set ALPHABUS_SELECTION_PUB to")
+
+
+def test_the_stack_refuses_a_taken_explicit_endpoint_at_once(workdir, held_port):
+    env = {**loopback_endpoints(), "ALPHABUS_SELECTION_PUB": held_port}
+    started = time.monotonic()
+    out = _alphabus("stack", str(workdir), env=env)
+    _assert_one_sentence(out, f"{held_port} (ALPHABUS_SELECTION_PUB) is already in use")
+    assert time.monotonic() - started < 20
+    assert "stack running" not in out.stderr
+
+
+@pytest.fixture
+def read_only_workdir():
+    """A work directory its user cannot write to. Root writes anywhere, so then the command runs as nobody."""
+    root = Path(tempfile.mkdtemp(prefix="alphabus-ro-"))
+    workdir = write_config(root / "work", root / "bmac")
+    os.chmod(root, 0o755)
+    os.chmod(workdir, 0o555)
+    prefix = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups") if os.geteuid() == 0 else ()
+    if prefix and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot make a directory read-only for the command")
+    yield workdir, prefix
+    os.chmod(workdir, 0o755)
+    shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("command", ["position", "recorder", "stack", "once", "paper"])
+def test_a_read_only_work_directory_is_refused_by_the_commands_that_write_there(read_only_workdir, command):
+    workdir, prefix = read_only_workdir
+    probe = subprocess.run([*prefix, "touch", str(workdir / "x")], capture_output=True)
+    assert probe.returncode != 0, "the work directory is writable: this test would prove nothing"
+    out = _alphabus(command, str(workdir), prefix=prefix, env={"ALPHABUS_SECURITY": "none"})
+    _assert_one_sentence(out, f"work directory {workdir} is read-only")

@@ -78,3 +78,48 @@ def test_cli_reports_invalid_config_with_exit_code_2(tmp_path, capsys):
     (tmp_path / "factor_calc.json").write_text(json.dumps(article_config("x", short_num="eight")))
     assert main(["position", str(tmp_path)]) == 2
     assert "short_num" in capsys.readouterr().err
+
+
+STRICT_MISTAKES = [
+    ({"long_num": "2"}, 'long_num: must be a whole JSON number such as 2, not "2"'),
+    ({"long_num": True}, "long_num: must be a whole JSON number such as 2, not true"),
+    ({"short_num": 8.0}, "short_num: must be a whole JSON number such as 2, not 8.0"),
+    ({"min_candle_num": "999"}, 'min_candle_num: must be a whole JSON number such as 2, not "999"'),
+    ({"capital_usdt": "1000"}, 'capital_usdt: must be a JSON number such as 1000, not "1000"'),
+    ({"bmac_expire_sec": True}, "bmac_expire_sec: must be a JSON number such as 1000, not true"),
+    ({"debug": 1}, "debug: must be JSON true or false, not 1"),
+    ({"debug": "false"}, 'debug: must be JSON true or false, not "false"'),
+    ({"factor": ["MtmAtrMean", "yes", 120, 0, 1]}, 'factor.reverse: must be JSON true or false, not "yes"'),
+    ({"factor": ["MtmAtrMean", 1, 120, 0, 1]}, "factor.reverse: must be JSON true or false, not 1"),
+    ({"factor": ["MtmAtrMean", True, "120", 0, 1]}, 'factor.back_hour: must be a JSON number such as 120, not "120"'),
+    ({"factor": ["MtmAtrMean", True, 120, False, 1]}, "factor.d_num: must be a JSON number such as 120, not false"),
+    ({"pre_filters": [{"column": "ChgPctMax_fl_24", "max": "0.2"}]},
+     'pre_filters.0.max: must be a JSON number such as 1000, not "0.2"'),
+]
+
+
+@pytest.mark.parametrize(("override", "problem"), STRICT_MISTAKES, ids=[p.split(":")[0] + str(list(o.values()))
+                                                                        for o, p in STRICT_MISTAKES])
+def test_json_types_are_strict_and_the_error_says_how_to_fix_them(override, problem):
+    with pytest.raises(ConfigError) as e:
+        parse_config(article_config("x", **override))
+    assert e.value.problems == [problem]
+
+
+def test_every_strict_type_mistake_is_named_in_one_error():
+    raw = article_config("x", long_num="2", short_num=True, capital_usdt="1000", debug="yes",
+                         factor=["MtmAtrMean", "yes", 120, 0, 1])
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    named = {p.split(":")[0] for p in e.value.problems}
+    assert named == {"long_num", "short_num", "capital_usdt", "debug", "factor.reverse"}
+
+
+def test_the_shipped_configs_stay_valid_and_keep_their_number_types():
+    from tests.conftest import REPO
+
+    for path in [*sorted((REPO / "docker").glob("factor_calc*.json"))]:
+        cfg = parse_config(json.loads(path.read_text()), str(path))
+        assert cfg.factor.column == "MtmAtrMean_bh_120", path  # an int stays an int in the column name
+    cfg = parse_config(article_config("x", factor=["MtmAtrMean", False, 96, 0.5, 1], capital_usdt=1234.5))
+    assert cfg.factor.column == "MtmAtrMean_bh_96_diff_0.5" and cfg.capital_usdt == 1234.5

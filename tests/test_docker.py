@@ -36,7 +36,7 @@ import pandas as pd
 import pytest
 
 from alphabus.cli import build_parser
-from alphabus.sim import SyntheticMarket, write_hour
+from services.market.sim import SyntheticMarket, write_hour
 from services.recorder.files import history_paths
 from shared.bmac import BmacDir
 from shared.bus import Shard

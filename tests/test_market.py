@@ -54,7 +54,7 @@ def test_directory_feed_lists_the_directory_while_it_does_not_exist(tmp_path):
 def test_arrow_reading_gives_the_articles_read_feather_frame(tmp_path):
     import pandas as pd
 
-    from alphabus.sim import SyntheticMarket, write_hour
+    from services.market.sim import SyntheticMarket, write_hour
     from shared.bmac import read_candle_table
 
     bmac = BmacDir(tmp_path, "1h")

@@ -30,7 +30,7 @@ RUN = datetime(2024, 3, 1, 13, tzinfo=ZoneInfo("Asia/Hong_Kong"))
 
 
 def _header(kind: str, seq: int = 1) -> Header:
-    return Header(kind=kind, sender="test", seq=seq, sent_at=datetime.now(UTC))
+    return Header(kind=kind, stack="test-stack", sender="test", seq=seq, sent_at=datetime.now(UTC))
 
 
 def test_round_open_roundtrip_keeps_exact_decimals_and_timezone():
@@ -52,7 +52,7 @@ def test_selection_roundtrip_with_payload():
         changes={"A": Decimal("63.000"), "C": Decimal("2")})
     frame = pd.DataFrame({"t": pd.date_range("2024-01-01", periods=2, freq="h", tz="Asia/Hong_Kong"),
                           "x": [1.0, 2.0], "n": [1, 2], "s": ["a", "b"]})
-    env = decode(encode("selection", _header(sel.kind), sel, [frame_to_ipc(frame)]))
+    env = decode(encode("selection", _header(sel.kind), sel, [frame_to_ipc(frame)] * 3))  # factors, long, short
     assert env.body == sel
     assert str(env.body.long[0].position) == "63.000"
     pd.testing.assert_frame_equal(ipc_to_frame(env.payloads[0]), frame)
@@ -104,7 +104,7 @@ def test_shards_partition_symbols_and_prefixes_match(n):
 
 def test_shard_parse_errors():
     assert bus.Shard.parse("1/3") == bus.Shard(1, 3)
-    for bad in ("3/3", "x", "1-2", "-1/2"):
+    for bad in ("3/3", "x", "1-2", "-1/2", "0/257", "0/5000000", "1/2/3", ""):
         with pytest.raises(ValueError):
             bus.Shard.parse(bad)
 
@@ -115,6 +115,38 @@ def test_sequence_check_drops_duplicates_and_counts_gaps():
     envs = [decode(encode("candle.00.A", _header(body.kind, seq), body)) for seq in (1, 2, 2, 5, 4, 6)]
     assert [check.accept(e) for e in envs] == [True, True, False, True, False, True]
     assert (check.duplicates, check.gaps) == (2, 2)
+
+
+def test_sequence_tracking_stays_bounded_whatever_senders_claim(monkeypatch):
+    monkeypatch.setattr(bus, "MAX_SEQUENCES", 8)
+    check = bus.SequenceCheck()
+    body = Candles(run_time=RUN, symbol="A", path="p", ready_at=datetime.now(UTC))
+    for i in range(100):
+        header = Header(kind=body.kind, stack="s", sender=f"sender-{i}", seq=1, sent_at=datetime.now(UTC))
+        assert check.accept(decode(encode("candle.00.A", header, body)))
+    assert len(check.last) == 8 and ("sender-99", "candle.00.A") in check.last
+
+
+def test_inbox_drops_another_stacks_messages_and_says_so_once(caplog):
+    body = Candles(run_time=RUN, symbol="A", path="p", ready_at=datetime.now(UTC))
+    inbox = bus.Inbox(stack="mine")
+    frames = [encode("candle.00.A", Header(kind=body.kind, stack=stack, sender="m", seq=seq,
+                                           sent_at=datetime.now(UTC)), body)
+              for seq, stack in enumerate(["other", "other", "mine", "other"], start=1)]
+    accepted = [inbox.decode(f) for f in frames]
+    assert [a is not None for a in accepted] == [False, False, True, False]
+    assert inbox.counts()["foreign"] == 3
+    assert sum("another stack 'other'" in r.getMessage() for r in caplog.records) == 1
+    assert bus.Inbox(stack="").decode(frames[0]) is not None  # "" follows any stack
+
+
+def test_a_peer_repeating_a_bad_message_cannot_flood_the_log(caplog):
+    inbox = bus.Inbox()
+    for _ in range(1000):
+        assert inbox.decode([b"factor.x", b"\xc1not msgpack"]) is None
+        assert inbox.decode([b"factor.x"]) is None
+    assert inbox.counts()["bad_messages"] == 2000
+    assert len([r for r in caplog.records if "bad message" in r.getMessage()]) == 2  # one per kind
 
 
 def test_the_readme_documents_every_selection_field():

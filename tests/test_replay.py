@@ -7,7 +7,7 @@ import json
 import pytest
 
 from alphabus.launcher import Services, loopback_endpoints, start_stack
-from alphabus.sim import ReplayMarket, write_hour
+from services.market.sim import ReplayMarket, write_hour
 from services.recorder.files import history_paths
 from shared.bmac import BmacDir
 from tests.conftest import write_config

@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 import zmq
 
-from alphabus.sim import SyntheticMarket, write_hour
+from services.market.sim import SyntheticMarket, write_hour
 from services.recorder.files import history_paths
 from shared import bus
-from shared.client import SelectionClient
 from shared.messages import FactorResults, Header, Heartbeat, decode, encode
 from tests.reference import assert_same_round, recorded_round
 from tests.stack import StackRun, wait_for_file
@@ -43,14 +42,6 @@ def _run_hours(stack: StackRun, market: SyntheticMarket, hours: range) -> list[d
         assert_same_round(stack.workdir, run_time, bmac_dir=stack.bmac.root)
     return selections
 
-
-def _open_round_without_candles(stack: StackRun, market: SyntheticMarket, k: int):
-    """Write what starts round k (exginfo, funding) but no candle yet; return run_time and the frames."""
-    run_time, previous = market.run_time(k), market.run_time(k - 1) if k else None
-    frames = market.candles(k)
-    stack.bmac.write_exginfo(market.exginfo(), run_time, previous)
-    stack.bmac.write_funding(market.funding(k), run_time, previous)
-    return run_time, previous, frames
 
 
 def _write_candles(stack: StackRun, run_time, previous, frames) -> None:
@@ -78,7 +69,7 @@ def test_a_killed_shard_flags_the_round_with_exactly_its_symbols_and_rejoins(tmp
     market = SyntheticMarket(symbols=SYMBOLS, seed=22)
     with StackRun(tmp_path, shards=2, bmac_expire_sec=20, round_grace_sec=1) as stack:
         _run_hours(stack, market, range(1))
-        run_time, previous, frames = _open_round_without_candles(stack, market, 1)
+        run_time, previous, frames = stack.open_round(market, 1)
         time.sleep(0.3)  # the round is announced
         stack.kill("factor-1")
         _write_candles(stack, run_time, previous, frames)
@@ -89,7 +80,7 @@ def test_a_killed_shard_flags_the_round_with_exactly_its_symbols_and_rejoins(tmp
         assert selection["coverage"]["silent_shards"] == ["1/2"] and selection["coverage"]["shards"] == ["0/2"]
         _wait_for_log(capfd, "factor shard 1/2 silent", 6)  # noticed within seconds, by heartbeats
         stack.restart("factor-1")
-        _heartbeat(stack.endpoints["ALPHABUS_SELECTION_PUB"], "position", lambda s: not s["silent_shards"], 20)
+        _heartbeat(stack, "position", lambda s: not s["silent_shards"], 20)
         selections = _run_hours(stack, market, range(2, 3))
         assert selections[0]["coverage"]["missing"] == [] and not selections[0]["incomplete"]
         assert selections[0]["coverage"]["shards"] == ["0/2", "1/2"]
@@ -99,8 +90,7 @@ def test_a_late_executor_gets_the_current_selection_from_the_snapshot(tmp_path):
     market = SyntheticMarket(symbols=SYMBOLS, seed=23)
     with StackRun(tmp_path) as stack:
         selections = _run_hours(stack, market, range(2))
-        with SelectionClient(stack.endpoints["ALPHABUS_SELECTION_PUB"], stack.endpoints["ALPHABUS_SNAPSHOT"],
-                             name="late") as client:
+        with stack.client("late") as client:
             update = next(iter(client.updates(timeout_s=10)))
         assert update.selection.run_time == market.run_time(1)
         assert update.selection.model_dump(mode="json") == selections[1]
@@ -160,7 +150,7 @@ def test_a_position_service_killed_mid_round_gets_the_next_round_right(tmp_path)
     market = SyntheticMarket(symbols=SYMBOLS, seed=26)
     with StackRun(tmp_path, bmac_expire_sec=3, round_grace_sec=1) as stack:
         _run_hours(stack, market, range(1))
-        run_time, previous, frames = _open_round_without_candles(stack, market, 1)
+        run_time, previous, frames = stack.open_round(market, 1)
         time.sleep(0.3)
         stack.kill("position")
         _write_candles(stack, run_time, previous, frames)
@@ -169,10 +159,9 @@ def test_a_position_service_killed_mid_round_gets_the_next_round_right(tmp_path)
         assert selections[0]["previous_run_time"] == market.run_time(0).isoformat()  # restored from disk
 
 
-def _heartbeat(endpoint: str, service: str, predicate, timeout: float = 10.0) -> dict:
-    """The first heartbeat state of ``service`` satisfying predicate."""
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.connect(endpoint)
+def _heartbeat(stack: StackRun, service: str, predicate, timeout: float = 10.0) -> dict:
+    """The first heartbeat state of the position ``service`` satisfying predicate."""
+    sub = stack.insider(zmq.SUB, "cli", "selections", stack.endpoints["ALPHABUS_SELECTION_PUB"])
     sub.setsockopt_string(zmq.SUBSCRIBE, bus.heartbeat_topic(service))
     try:
         deadline = time.monotonic() + timeout
@@ -190,11 +179,10 @@ def test_duplicate_and_out_of_order_messages_are_dropped_and_counted(tmp_path, c
     market = SyntheticMarket(symbols=20, seed=27)
     with StackRun(tmp_path) as stack:
         _run_hours(stack, market, range(1))
-        pub = zmq.Context.instance().socket(zmq.PUB)
-        pub.connect(stack.endpoints["ALPHABUS_FACTOR_IN"])
+        pub = stack.insider(zmq.PUB, "factor", "factor_in", stack.endpoints["ALPHABUS_FACTOR_IN"])
         body = FactorResults(run_time=market.run_time(0), shard="0/1", symbols=[], last_ready_at=None)
-        frames = {seq: encode("factor.test", Header(kind=body.kind, sender="intruder", seq=seq,
-                                                     sent_at=datetime.now(UTC)), body) for seq in (1, 5, 3)}
+        frames = {seq: encode("factor.test", Header(kind=body.kind, stack=stack.stack_id, sender="intruder",
+                                                     seq=seq, sent_at=datetime.now(UTC)), body) for seq in (1, 5, 3)}
         deadline, seen = time.monotonic() + 10, ""
         while "dropped duplicate or out-of-order" not in seen:
             assert time.monotonic() < deadline, "the position service never reported the duplicates"
@@ -203,7 +191,7 @@ def test_duplicate_and_out_of_order_messages_are_dropped_and_counted(tmp_path, c
             time.sleep(0.2)
             seen += capfd.readouterr().err
         pub.close(0)
-        state = _heartbeat(stack.endpoints["ALPHABUS_SELECTION_PUB"], "position",
+        state = _heartbeat(stack, "position",
                            lambda s: s["duplicates"] >= 2 and s["gaps"] >= 3)
         assert state["duplicates"] >= 2
         _run_hours(stack, market, range(1, 2))  # and the stack is none the worse

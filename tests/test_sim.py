@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
 
-from alphabus.sim import ReplayMarket, SyntheticMarket, run, write_hour
 from filters import ChgPctMax
+from services.market.sim import ReplayMarket, SyntheticMarket, run, write_hour
 from shared.bmac import CANDLE_COLUMNS, EXGINFO_COLUMNS, BmacDir
 from shared.clock import ready_stamp
 
@@ -130,7 +130,7 @@ def test_same_seed_gives_the_same_hours_in_any_order(market):
 
 
 def test_another_process_rebuilds_hour_k(tmp_path, market):
-    code = ("import sys; from alphabus.sim import SyntheticMarket, write_hour; "
+    code = ("import sys; from services.market.sim import SyntheticMarket, write_hour; "
             "from shared.bmac import BmacDir; write_hour(BmacDir(sys.argv[1], '1h'), SyntheticMarket(), 5)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, cwd=REPO, timeout=60)
     bmac = BmacDir(tmp_path, "1h")
@@ -297,7 +297,7 @@ def test_run_replays_until_the_data_ends(tmp_path, replay, caplog):
 
 
 def test_a_restarted_sim_resumes_after_the_newest_hour(tmp_path):
-    from alphabus.sim import run
+    from services.market.sim import run
 
     run(tmp_path, symbols=5, hours=2, hour_seconds=0, spread_sec=0)
     assert BmacDir(tmp_path, "1h").latest_exginfo_stamp() == SyntheticMarket(5).run_time(1).strftime("%Y%m%d_%H%M%S")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from alphabus.sim import ReplayMarket, SyntheticMarket, write_hour
+from services.market.sim import ReplayMarket, SyntheticMarket, write_hour
 from tests.conftest import write_config
 from tests.reference import article_round, assert_same_round
 from tests.stack import StackRun

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
 from services.factor.kernels import Kernel, kernel_for
-from shared.bmac import BadCandles, check_candle_table, read_candle_table
+from shared.bmac import BadCandles, check_candle_table, max_file_bytes, read_candle_table
 from shared.messages import Skip
 from shared.plugins import Calculator, PluginError
 
@@ -95,13 +96,31 @@ def row_builder(calculators: Sequence[Calculator], fast: bool = True) -> PluginR
     return (KernelRows.for_calculators(calculators) if fast else None) or PluginRows(calculators)
 
 
-def read_shared_file(path: str, symbol: str) -> pa.Buffer:
-    """A candle file on the crawler's filesystem, memory-mapped (the market sent only its path)."""
+def read_shared_file(path: str, symbol: str, limit: int | None = None) -> pa.Buffer:
+    """A candle file on the crawler's filesystem, memory-mapped (the market sent only its path).
+
+    Only ``<SYMBOL>.fea`` of the symbol named is read (a message cannot point a worker at any other
+    file), and only under the size limit.
+    """
+    limit = max_file_bytes() if limit is None else limit
+    if Path(path).name != f"{symbol}.fea":
+        raise Skipped(Skip(symbol=symbol, reason="bad_data", detail=f"{path[:300]}: not {symbol}'s candle file"))
     try:
         with pa.memory_map(path) as f:
+            if f.size() > limit:
+                raise Skipped(Skip(symbol=symbol, reason="bad_data", detail=f"{path}: {f.size()} bytes, over the "
+                                   f"{limit / 2**20:g} MiB file size limit (ALPHABUS_MAX_FILE_MB); not read"))
             return f.read_buffer()
     except OSError as e:
         raise Skipped(Skip(symbol=symbol, reason="bad_data", detail=f"{path}: cannot read ({e})")) from None
+
+
+def check_size(data: bytes | memoryview | pa.Buffer, source: str, symbol: str, limit: int) -> None:
+    """Candle bytes that came over the socket obey the same limit as files read by path."""
+    size = memoryview(data).nbytes if not isinstance(data, pa.Buffer) else data.size
+    if size > limit:
+        raise Skipped(Skip(symbol=symbol, reason="bad_data", detail=f"{source}: {size} bytes, over the "
+                           f"{limit / 2**20:g} MiB file size limit (ALPHABUS_MAX_FILE_MB)"))
 
 
 def factor_row(data: bytes | memoryview, source: str, symbol: str, build: PluginRows | KernelRows,

@@ -17,8 +17,9 @@ from pathlib import Path
 import pyarrow as pa
 import zmq
 
-from services.factor.compute import PluginRows, Skipped, factor_row, read_shared_file, row_builder
-from shared import bus
+from services.factor.compute import PluginRows, Skipped, check_size, factor_row, read_shared_file, row_builder
+from shared import bus, security
+from shared.bmac import max_file_bytes
 from shared.clock import parse_interval
 from shared.config import SelectorConfig
 from shared.messages import Candles, Envelope, FactorResults, RoundClosed, Skip
@@ -28,6 +29,8 @@ from shared.tables import table_to_ipc
 
 log = logging.getLogger("factor")
 BATCH = 64
+MAX_TALLIES = 16
+"""Rounds tallied at once; a round whose close never comes is forgotten after this many newer ones."""
 
 
 class RoundTally:
@@ -55,6 +58,7 @@ class FactorWorker:
         self.subscribed = False
         self.tallies: dict[datetime, RoundTally] = defaultdict(RoundTally)
         self.last_run_time: datetime | None = None
+        self.max_file_bytes = max_file_bytes()
 
     def _on_downstream(self) -> None:
         while True:
@@ -92,8 +96,11 @@ class FactorWorker:
                 if not self.shard.owns(body.symbol):
                     continue
                 try:
-                    data = (read_shared_file(body.path, body.symbol) if body.by_path
-                            else env.payloads[0] if env.payloads else b"")
+                    if body.by_path:
+                        data = read_shared_file(body.path, body.symbol, self.max_file_bytes)
+                    else:
+                        data = env.payloads[0] if env.payloads else b""
+                        check_size(data, body.path, body.symbol, self.max_file_bytes)
                     rows.append(factor_row(data, body.path, body.symbol, self.build,
                                            self.cfg.min_candle_num, closed_begin))
                     symbols.append(body.symbol)
@@ -109,6 +116,8 @@ class FactorWorker:
             self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
                 run_time=run_time, shard=str(self.shard), symbols=symbols, skipped=skipped,
                 last_ready_at=max(e.body.ready_at for e in envs), compute_ms=compute_ms), payloads)
+            while len(self.tallies) >= MAX_TALLIES and run_time not in self.tallies:
+                del self.tallies[min(self.tallies)]
             tally = self.tallies[run_time]
             tally.rows += len(rows)
             tally.compute_ms += compute_ms
@@ -146,18 +155,21 @@ class FactorWorker:
 
 def main(cfg: SelectorConfig, workdir: Path, shard: bus.Shard, fast: bool = True) -> int:
     stop = StopFlag()
+    bus.join_stack(workdir)
+    keys = security.stack_keys(workdir)
     ctx = bus.context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    out = ctx.socket(zmq.XPUB)
+    sub = bus.make_socket(ctx, zmq.SUB)
+    out = bus.make_socket(ctx, zmq.XPUB)
     out.setsockopt(zmq.XPUB_VERBOSER, 1)
-    out.setsockopt(zmq.SNDHWM, 0)
+    if keys:
+        keys.connect_as(sub, "factor", "market")
+        keys.connect_as(out, "factor", "factor_in")
     market, position = bus.endpoint("ALPHABUS_MARKET_PUB"), bus.endpoint("ALPHABUS_FACTOR_IN")
     sub.connect(market)
     out.connect(position)
-    log.info("factor shard %s: SUB connected to market %s, results to position %s", shard, market, position)
+    log.info("factor shard %s: SUB connected to market %s, results to position %s, stack %s, %s", shard, market,
+             position, bus.current_stack(), "CURVE" if keys else "NOT AUTHENTICATED")
     try:
         return FactorWorker(cfg, workdir, shard, sub, out, stop, fast).run()
     finally:
-        bus.close_all(sub, out)
-        ctx.term()
+        bus.shutdown(ctx, sub, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from pathlib import Path
@@ -9,11 +10,27 @@ from pathlib import Path
 import pandas as pd
 
 from services.market.watch import NewFiles
-from shared.bmac import BmacDir
+from shared.bmac import BmacDir, clean_exginfo, max_file_bytes, read_bounded
 from shared.clock import ready_stamp
 
+log = logging.getLogger("market")
 RESCAN_SEC = 0.05
 POLL_SEC = 0.002
+
+
+class ExginfoCheck:
+    """Cleans each round's exginfo; each problem is warned once per process, not once per round."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def __call__(self, exginfo: pd.DataFrame, source: str) -> pd.DataFrame:
+        exginfo, problems = clean_exginfo(exginfo)
+        for problem in problems:
+            if problem not in self._warned and len(self._warned) < 10_000:
+                self._warned.add(problem)
+                log.warning("%s: %s", source, problem)
+        return exginfo
 
 
 class DirectoryFeed:
@@ -22,6 +39,8 @@ class DirectoryFeed:
     def __init__(self, bmac: BmacDir):
         self.bmac = bmac
         self._new: NewFiles | None = None
+        self._check = ExginfoCheck()
+        self.max_bytes = max_file_bytes()
 
     def wait_ready(self, run_time: datetime, timeout: float) -> set[str]:
         """Symbols whose marker appeared, as soon as one does (inotify), else by listing the directory.
@@ -49,7 +68,7 @@ class DirectoryFeed:
         return [("exginfo", self.bmac.exginfo_ready(run_time)), ("funding", self.bmac.funding_ready(run_time))]
 
     def exginfo(self, run_time: datetime) -> pd.DataFrame:
-        return self.bmac.read_exginfo()
+        return self._check(self.bmac.read_exginfo(), str(self.bmac.exginfo_dir))
 
     def funding(self, run_time: datetime) -> pd.DataFrame:
         return self.bmac.read_funding()
@@ -64,10 +83,11 @@ class DirectoryFeed:
         return str(self.bmac.candle_path(symbol))
 
     def candle(self, symbol: str) -> tuple[bytes, str]:
-        """The file's bytes (empty if unreadable: the factor worker reports it) and its path."""
+        """The file's bytes (empty if unreadable or over the size limit: the factor worker reports it,
+        named by the source text) and its path."""
         path = self.bmac.candle_path(symbol)
         try:
-            return path.read_bytes(), str(path)
+            return read_bounded(path, self.max_bytes), str(path)
         except OSError as e:
             return b"", f"{path} ({e})"
 
@@ -81,12 +101,13 @@ class ReplayFeed:
     """The real data set, hour after hour as fast as the stack goes, with no disk in between."""
 
     def __init__(self, data_dir: Path, tz: str, first_hour: int | None = None):
-        from alphabus.sim import ReplayMarket
+        from services.market.sim import ReplayMarket
 
         self.data_dir = data_dir
         self.market = ReplayMarket(data_dir, first_hour=first_hour, tz=tz)
         self._loaded: datetime | None = None
         self._files: dict[str, object] = {}
+        self._check = ExginfoCheck()
 
     def describe(self) -> str:
         return f"a replay of {self.data_dir} ({self.market.hours} hours)"
@@ -98,7 +119,7 @@ class ReplayFeed:
         return []
 
     def exginfo(self, run_time: datetime) -> pd.DataFrame:
-        return self.market.exginfo()
+        return self._check(self.market.exginfo(), str(self.data_dir))
 
     def funding(self, run_time: datetime) -> pd.DataFrame:
         return self.market.funding(self._hour_of(run_time))

@@ -5,15 +5,24 @@ exginfo and funding markers, announces the round (universe, lot sizes,
 funding), then publishes each symbol's feather bytes the moment that symbol's
 ready marker appears, so factor workers compute while the crawler still
 writes. It owns the clock: ``wall`` rounds start at wall-clock boundaries,
-``follow`` rounds start when the crawler writes a newer exginfo marker (the
-simulator's accelerated clock), ``--run-time`` runs one given round.
+``follow`` rounds run every hour the crawler writes, in order (the simulator's
+accelerated clock), ``--run-time`` runs one given round.
+
+No hour is lost silently: a round the market cannot run (no exginfo in time, the
+market down at the boundary, files the crawler already overwrote) is announced
+as ``Missed`` with its reason, and the last hour run is kept in
+``WORKDIR/state/market.json`` so a restarted market knows what it missed. When
+the position service restarts before the latest round's selection came back,
+the market announces that round again and re-sends its candles.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -22,11 +31,12 @@ import zmq
 
 from services.market.feeds import DirectoryFeed, ReplayFeed
 from services.market.subscribers import Subscriptions
-from shared import bus
+from shared import bus, security
 from shared.bmac import BmacDir, lot_sizes
-from shared.clock import next_boundary, parse_interval, ready_stamp, zone
+from shared.clock import boundaries_between, latest_boundary, next_boundary, parse_interval, ready_stamp, zone
 from shared.config import SelectorConfig, resolve_bmac_dir
-from shared.messages import Candles, RoundClosed, RoundOpen, SymbolSpec
+from shared.durable import write_atomic
+from shared.messages import Candles, Envelope, Heartbeat, Missed, RoundClosed, RoundOpen, Selection, SymbolSpec
 from shared.service import POLL_MS, HeartbeatTimer, StopFlag
 
 log = logging.getLogger("market")
@@ -34,6 +44,9 @@ Clock = Literal["wall", "follow"]
 REJOIN_WAIT_SEC = 3.0
 REPLAY_IN_FLIGHT = 4
 REPLAY_STALL_SEC = 30.0
+STATE_FILE = "market.json"
+MAX_MISSED_LISTED = 24 * 31
+"""A market down longer than this many intervals records the newest ones and logs the rest as one line."""
 
 
 def _decimal_or_none(value):
@@ -50,9 +63,23 @@ def _funding(df) -> dict[str, float | None]:
     return {str(s): (None if not math.isfinite(r) else float(r)) for s, r in latest.items()}
 
 
+@dataclass
+class Announced:
+    """The latest round as announced, enough to announce it again to a restarted position service."""
+
+    open: RoundOpen
+    deadline: float  # monotonic: when the market stops waiting for the crawler
+    published: list[str] = field(default_factory=list)
+    closed: RoundClosed | None = None
+
+
 class Market:
     def __init__(self, cfg: SelectorConfig, sock: zmq.Socket, stop: StopFlag, await_subscribers: float,
-                 feed: DirectoryFeed | ReplayFeed | None = None, send_paths: bool = False):
+                 feed: DirectoryFeed | ReplayFeed | None = None, send_paths: bool = False,
+                 state_dir: Path | None = None, progress: zmq.Socket | None = None):
+        """``state_dir``: where the last hour run is kept; ``progress``: a SUB to the position service's
+        selections and heartbeats (how the market knows a round came back, or a restarted position
+        service needs it again)."""
         self.cfg = cfg
         self.tz = zone(cfg.timezone)
         self.interval = parse_interval(cfg.interval)
@@ -67,6 +94,13 @@ class Market:
         self.await_subscribers = await_subscribers
         self.last_run_time: datetime | None = None
         self._orphans_logged: set[str] = set()
+        self.state_path = state_dir / STATE_FILE if state_dir is not None else None
+        self.progress = progress
+        self.progress_inbox = bus.Inbox(ordered=False)
+        self.current: Announced | None = None
+        self.answered: set[datetime] = set()  # rounds whose selection (or missed entry) came back
+        self.position_sender: str | None = None
+        self.position_rejoined: float | None = None  # when a new position incarnation was first heard
         if isinstance(self.feed, ReplayFeed):
             log.info("rounds from %s", self.feed.describe())
             return
@@ -77,14 +111,109 @@ class Market:
 
     # -- waiting ------------------------------------------------------------------------------
     def pump(self, timeout_ms: int = POLL_MS) -> None:
-        """Serve subscription notifications and heartbeats for up to timeout_ms."""
-        if self.sock.poll(timeout_ms, zmq.POLLIN):
+        """Serve subscription notifications, the position service's progress and heartbeats for up to timeout_ms."""
+        if self.progress is None:
+            ready = [self.sock] if self.sock.poll(timeout_ms, zmq.POLLIN) else []
+        else:
+            poller = zmq.Poller()
+            poller.register(self.sock, zmq.POLLIN)
+            poller.register(self.progress, zmq.POLLIN)
+            ready = list(dict(poller.poll(timeout_ms)))
+        if self.sock in ready:
             while True:
                 try:
                     self.subs.update(self.sock.recv(zmq.NOBLOCK))
                 except zmq.Again:
                     break
+        if self.progress is not None and self.progress in ready:
+            while self.progress.poll(0):
+                env = self.progress_inbox.recv(self.progress)
+                if env is not None:
+                    self.on_progress(env)
+        self.reannounce_if_needed()
         self.heartbeat.tick(self.last_run_time, subscribed=self.subs.ready)
+
+    # -- a restarted position service ---------------------------------------------------------
+    def on_progress(self, env: Envelope) -> None:
+        """Selections and missed entries coming back, and the position service's heartbeats."""
+        body = env.body
+        if isinstance(body, Selection | Missed):
+            self.answered.add(body.run_time)
+            if len(self.answered) > 64:
+                self.answered = {t for t in self.answered if t >= min(sorted(self.answered)[-32:])}
+        elif not (isinstance(body, Heartbeat) and body.service == "position"):
+            return
+        if env.header.sender != self.position_sender:
+            if self.position_sender is not None:
+                log.info("the position service restarted (now %s)", env.header.sender)
+                self.position_rejoined = time.monotonic()
+            self.position_sender = env.header.sender
+        if isinstance(body, Heartbeat) and self.position_rejoined is not None and body.state.get("shards_ready"):
+            self.position_rejoined = -1.0  # its shards are connected to it: results will reach it
+
+    def reannounce_if_needed(self) -> None:
+        """Announce the latest round again if a restarted position service never published it.
+
+        It waits until the position service subscribes to rounds and hears every shard (or
+        REJOIN_WAIT_SEC), so the recomputed results reach it rather than a socket still connecting.
+        """
+        joined = self.position_rejoined
+        if joined is None or not self.subs.has_position():
+            return
+        if joined >= 0 and time.monotonic() - joined < REJOIN_WAIT_SEC:
+            return
+        self.position_rejoined = None
+        cur = self.current
+        if cur is None or cur.open.run_time in self.answered:
+            return
+        run_time = cur.open.run_time
+        log.warning("round %s: the position service restarted before publishing it; announcing the round "
+                    "again and re-sending %d candle file(s)%s", run_time.isoformat(), len(cur.published),
+                    " and its close" if cur.closed else "")
+        self.pub.send(bus.ROUND_OPEN, cur.open.model_copy(
+            update={"expire_sec": max(0.0, cur.deadline - time.monotonic())}))
+        for symbol in cur.published:
+            self._publish_candles(run_time, symbol)
+        if cur.closed is not None:
+            self.pub.send(bus.ROUND_CLOSED, cur.closed)
+
+    # -- hours that cannot run ----------------------------------------------------------------
+    def missed(self, run_time: datetime, reason: str, detail: str) -> None:
+        """Say an hour has no round, and why: the position service records it for everyone."""
+        log.error("round %s MISSED (%s): %s", run_time.isoformat(), reason, detail)
+        self.pub.send(bus.ROUND_MISSED, Missed(run_time=run_time, reason=reason, detail=detail))
+
+    def missed_hours(self, hours: list[datetime], reason: str, detail: str) -> None:
+        if len(hours) > MAX_MISSED_LISTED:
+            log.error("%d rounds from %s to %s MISSED (%s): %s; the newest %d are recorded one by one",
+                      len(hours), hours[0].isoformat(), hours[-1].isoformat(), reason, detail, MAX_MISSED_LISTED)
+            hours = hours[-MAX_MISSED_LISTED:]
+        for t in hours:
+            self.missed(t, reason, detail)
+
+    def restore(self) -> None:
+        """The last hour a previous incarnation ran, so the hours it was down are not lost silently."""
+        if self.state_path is None or not self.state_path.exists():
+            return
+        try:
+            raw = json.loads(self.state_path.read_text())
+            self.last_run_time = datetime.fromisoformat(raw["last_run_time"]).astimezone(self.tz)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring unreadable market state %s: %s", self.state_path, e)
+            return
+        log.info("the last round run before this start was %s (%s)", self.last_run_time.isoformat(), self.state_path)
+
+    def remember(self, run_time: datetime) -> None:
+        """Persist the last hour dealt with (run or recorded missed); a disk that refuses is logged, not fatal."""
+        self.last_run_time = run_time
+        if self.state_path is None:
+            return
+        text = json.dumps({"last_run_time": run_time.isoformat()})
+        try:
+            write_atomic(self.state_path, lambda tmp: tmp.write_text(text))
+        except OSError as e:
+            log.warning("cannot save the market state %s (%s); a restart may not know the hours it missed",
+                        self.state_path, e)
 
     def wait_until(self, wall: datetime) -> bool:
         while not self.stop and datetime.now(UTC) < wall:
@@ -118,15 +247,52 @@ class Market:
                         len(missing), bus.BUCKETS)
 
     def next_follow_time(self) -> datetime | None:
-        """Follow mode: the crawler's newest exginfo marker, if newer than the last round."""
+        """Follow mode: the hour after the last one run, once the crawler has written it.
+
+        Every hour is run in order. An hour whose marker the crawler has already replaced with a
+        newer hour's (the market was down or slow) is recorded missed: its files no longer hold it.
+        On the very first start (nothing run before) the newest hour is the first.
+        """
         while not self.stop:
             stamp = self.bmac.latest_exginfo_stamp()
             if stamp is not None:
-                t = datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=self.tz)
-                if self.last_run_time is None or t > self.last_run_time:
-                    return t
+                newest = datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=self.tz)
+                if self.last_run_time is None:
+                    return newest
+                if newest > self.last_run_time:
+                    hours = [*boundaries_between(self.last_run_time, newest, self.interval), newest]
+                    gone = []
+                    for t in hours:
+                        if self.bmac.exginfo_ready(t).exists():
+                            break
+                        gone.append(t)
+                    if gone:
+                        self.missed_hours(gone, "overwritten", f"the crawler had already written hour "
+                                          f"{newest.isoformat()} over this hour's files (the market was down "
+                                          "or behind); computing on them would use the wrong candles")
+                        self.remember(gone[-1])
+                    if len(gone) < len(hours):
+                        return hours[len(gone)]
+                    continue
             self.pump(20)
         return None
+
+    def catch_up_wall(self, now: datetime) -> datetime | None:
+        """Wall mode after a restart: hours since the last run are missed; the latest boundary still
+        runs (late) while the crawler's deadline for it has not passed. Returns it, or None."""
+        if self.last_run_time is None:
+            return None
+        latest = latest_boundary(now, self.interval)
+        if latest <= self.last_run_time:
+            return None
+        late = (now - latest).total_seconds()
+        runnable = late <= self.cfg.bmac_expire_sec
+        down = boundaries_between(self.last_run_time, latest, self.interval) + ([] if runnable else [latest])
+        if down:
+            self.missed_hours(down, "market_down", f"the market was not running at the boundary (its last "
+                              f"round before this start was {self.last_run_time.isoformat()})")
+            self.remember(down[-1])
+        return latest if runnable else None
 
     # -- one round ----------------------------------------------------------------------------
     def run_round(self, run_time: datetime) -> bool:
@@ -136,29 +302,31 @@ class Market:
         for what, path in self.feed.awaited(run_time):
             if not self.wait_for_file(path, deadline):
                 if not self.stop:
-                    log.error("round %s skipped: the crawler's %s marker %s did not appear within "
-                              "bmac_expire_sec=%gs", run_time.isoformat(), what, path, self.cfg.bmac_expire_sec)
+                    self.missed(run_time, "no_exginfo", f"the crawler's {what} marker {path} did not appear "
+                                f"within bmac_expire_sec={self.cfg.bmac_expire_sec:g}s")
                 return False
         try:
             exginfo = self.feed.exginfo(run_time)
             funding = _funding(self.feed.funding(run_time))
             specs = self._symbol_specs(exginfo)
         except Exception as e:
-            log.error("round %s skipped: cannot read exginfo/funding from %s: %s: %s",
-                      run_time.isoformat(), self.feed.describe(), type(e).__name__, e)
+            self.missed(run_time, "bad_exginfo", f"cannot read exginfo/funding from {self.feed.describe()}: "
+                        f"{type(e).__name__}: {e}")
             return False
         universe = [s.symbol for s in specs]
         self._log_orphans(set(universe))
         remaining = max(0.0, deadline - time.monotonic())
-        self.pub.send(bus.ROUND_OPEN, RoundOpen(run_time=run_time, interval=self.cfg.interval, symbols=specs,
-                                           funding={s: funding.get(s) for s in universe},
-                                           expire_sec=remaining))
+        announced = RoundOpen(run_time=run_time, interval=self.cfg.interval, symbols=specs,
+                              funding={s: funding.get(s) for s in universe}, expire_sec=remaining)
+        self.current = Announced(announced, deadline)
+        self.pub.send(bus.ROUND_OPEN, announced)
         pending = set(universe)
         last_ready_at: datetime | None = None
         ready = self.feed.ready_candles(run_time) & pending
         while not self.stop:
             for symbol in sorted(ready):
                 self._publish_candles(run_time, symbol)
+            self.current.published.extend(sorted(ready))
             if ready:
                 pending -= ready
                 last_ready_at = datetime.now(UTC)
@@ -167,7 +335,8 @@ class Market:
             self.pump(0)
             ready = self.feed.wait_ready(run_time, max(0.0, deadline - time.monotonic())) & pending
         missing = {s: self.feed.why_missing(s, run_time) for s in sorted(pending)}
-        self.pub.send(bus.ROUND_CLOSED, RoundClosed(run_time=run_time, missing=missing, last_ready_at=last_ready_at))
+        self.current.closed = RoundClosed(run_time=run_time, missing=missing, last_ready_at=last_ready_at)
+        self.pub.send(bus.ROUND_CLOSED, self.current.closed)
         log.info("round %s: %d symbols published, %d missing%s, %.0f ms from exginfo to last ready",
                  run_time.isoformat(), len(universe) - len(pending), len(pending),
                  f" ({', '.join(list(missing)[:5])}{'...' if len(missing) > 5 else ''})" if missing else "",
@@ -223,7 +392,7 @@ class Market:
             while not self.stop and published - len(done) > until:
                 if progress.poll(5):
                     env = inbox.recv(progress)
-                    if env is not None:
+                    if env is not None and isinstance(env.body, Selection | Missed):
                         done.add(env.body.run_time)
                 elif time.monotonic() > stalled:
                     log.warning("replay: no selection for %ss; going on", REPLAY_STALL_SEC)
@@ -245,12 +414,18 @@ class Market:
         return 0
 
     def run(self, clock: Clock, run_time: datetime | None) -> int:
+        """``run_time``: one round, not remembered (a debug run is not the stack's clock)."""
         self.wait_for_subscribers(self.await_subscribers)
         if run_time is not None:
             ok = self.run_round(run_time)
             return 0 if ok else 1
+        self.restore()
+        late = self.catch_up_wall(datetime.now(self.tz)) if clock == "wall" else None
         while not self.stop:
-            if clock == "follow":
+            if late is not None:
+                t, late = late, None
+                log.info("round %s runs late: the market started after its boundary", t.isoformat())
+            elif clock == "follow":
                 t = self.next_follow_time()
                 if t is None:
                     break
@@ -263,35 +438,37 @@ class Market:
                     break
             self.wait_for_subscribers(min(REJOIN_WAIT_SEC, self.await_subscribers))
             self.run_round(t)
-            self.last_run_time = t
+            if not self.stop:  # a round cut short by a stop runs again after a restart
+                self.remember(t)
         return 0
 
 
-def main(cfg: SelectorConfig, clock: Clock = "wall", run_time: datetime | None = None,
+def main(cfg: SelectorConfig, workdir: Path, clock: Clock = "wall", run_time: datetime | None = None,
          await_subscribers: float = 10.0, replay: Path | None = None, first_hour: int | None = None,
          hours: int | None = None, send_paths: bool = False) -> int:
     stop = StopFlag()
+    bus.join_stack(workdir)
+    keys = security.stack_keys(workdir)
     ctx = bus.context()
-    sock = ctx.socket(zmq.XPUB)
+    sock = bus.make_socket(ctx, zmq.XPUB)
     sock.setsockopt(zmq.XPUB_VERBOSER, 1)
-    sock.setsockopt(zmq.SNDHWM, 0)
+    if keys:
+        keys.serve(sock, "market")
     address = bus.endpoint("ALPHABUS_MARKET_PUB")
     sock.bind(bus.bind_address(address))
-    log.info("market PUB bound at %s (%s)", address, f"replaying {replay}" if replay
+    log.info("market PUB bound at %s, stack %s, %s (%s)", address, bus.current_stack(),
+             "CURVE" if keys else "NOT AUTHENTICATED", f"replaying {replay}" if replay
              else f"clock {clock}, candles sent as {'paths on a shared filesystem' if send_paths else 'bytes'}")
     progress = None
     try:
-        if replay is None:
-            return Market(cfg, sock, stop, await_subscribers, send_paths=send_paths).run(clock, run_time)
-        progress = ctx.socket(zmq.SUB)  # selections coming back pace the replay
-        progress.connect(bus.endpoint("ALPHABUS_SELECTION_PUB"))
-        progress.setsockopt_string(zmq.SUBSCRIBE, bus.SELECTION)
+        if replay is None:  # selections and heartbeats coming back: a restarted position service is served
+            progress = bus.selection_subscriber(ctx, keys, "market", topics=(bus.SELECTION, "hb.position"))
+            return Market(cfg, sock, stop, await_subscribers, send_paths=send_paths, state_dir=workdir / "state",
+                          progress=progress).run(clock, run_time)
+        progress = bus.selection_subscriber(ctx, keys, "market")  # selections coming back pace the replay
         market = Market(cfg, sock, stop, await_subscribers, ReplayFeed(replay, cfg.timezone, first_hour))
         market.wait_for_subscribers(await_subscribers)
         return market.replay(progress, hours)
     finally:
-        if progress is not None:
-            progress.close(0)
         sock.close(linger=2000)
-        ctx.term()
-
+        bus.shutdown(ctx, *([progress] if progress is not None else []), linger=0)

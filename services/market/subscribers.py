@@ -8,10 +8,16 @@ from functools import cached_property
 from shared.bus import BUCKETS, ROUND_OPEN
 
 _BUCKET_TOPICS = [f"candle.{b:02x}." for b in range(BUCKETS)]
+_RELEVANT = {t[:i] for t in [ROUND_OPEN, *_BUCKET_TOPICS] for i in range(len(t) + 1)}
+"""The only prefixes that decide readiness; any other subscription is not counted (so not stored)."""
 
 
 class Subscriptions:
-    """Counts live subscriptions from XPUB_VERBOSER notifications; coverage is cached between changes."""
+    """Counts live subscriptions from XPUB_VERBOSER notifications; coverage is cached between changes.
+
+    Only prefixes of the round and bucket topics are kept: whatever subscribers send, this holds at
+    most a few thousand counters.
+    """
 
     def __init__(self) -> None:
         self.prefixes: Counter[str] = Counter()
@@ -20,6 +26,8 @@ class Subscriptions:
         if not frame:
             return
         prefix = frame[1:].decode(errors="replace")
+        if prefix not in _RELEVANT:
+            return
         if frame[0] == 1:
             self.prefixes[prefix] += 1
         elif frame[0] == 0 and self.prefixes[prefix] > 0:

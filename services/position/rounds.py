@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from services.position.select import apply_pre_filters, drop_non_finite, select_sides, size_side
+from shared.bus import Shard
 from shared.config import SelectorConfig
 from shared.messages import Coverage, FactorResults, Pick, RoundClosed, RoundOpen, Selection, Shortfall
 
@@ -32,28 +33,48 @@ class RoundState:
     last_ready_at: datetime | None = None
     shards: set[str] = field(default_factory=set)
     late: set[str] = field(default_factory=set)
+    schema: pa.Schema | None = None  # the received tables' unified schema: each new one must fit it
 
     def __post_init__(self) -> None:
         self.universe = [s.symbol for s in self.open.symbols]
         self._members = set(self.universe)
 
-    def add_results(self, body: FactorResults, rows: pa.Table | None) -> None:
+    def foreign(self, body: FactorResults) -> str | None:
+        """Why these results are not the sender's to give (None: they are): symbols outside this
+        round's universe, or outside the sending shard's buckets."""
+        named = [*body.symbols, *(k.symbol for k in body.skipped)]
+        strangers = [s for s in named if s not in self._members]
+        if strangers:
+            return f"{len(strangers)} symbol(s) not in the round's universe: {', '.join(strangers[:5])}"
+        shard = Shard.parse(body.shard)
+        others = [s for s in named if not shard.owns(s)]
+        if others:
+            return f"{len(others)} symbol(s) of other shards: {', '.join(others[:5])}"
+        return None
+
+    def add_results(self, body: FactorResults, rows: pa.Table | None) -> list[str]:
+        """Take what the body accounts for; returns the symbols already accounted for (first one wins)."""
         universe = self._members
+        repeated = [s for s in [*body.symbols, *(k.symbol for k in body.skipped)]
+                    if s in self.rows or s in self.skipped]
         self.shards.add(body.shard)
         if rows is not None:
             self.tables.append(rows)
+            self.schema = rows.schema if self.schema is None else pa.unify_schemas(
+                [self.schema, rows.schema], promote_options="permissive")
             for i, symbol in enumerate(body.symbols):
-                if symbol in universe:
+                if symbol in universe and symbol not in self.rows and symbol not in self.skipped:
                     self.rows[symbol] = self.received_rows + i
             self.received_rows += rows.num_rows
             if len(self.tables) >= CONSOLIDATE_TABLES:  # while waiting for the rest, not at the end
-                self.tables = [pa.concat_tables(self.tables, promote_options="default")]
+                self.tables = [pa.concat_tables(self.tables, promote_options="permissive")]
         for skip in body.skipped:
-            if skip.symbol in universe:
-                self.skipped[skip.symbol] = f"{skip.reason}: {skip.detail}"
+            if skip.symbol in universe and skip.symbol not in self.rows:
+                self.skipped.setdefault(skip.symbol, f"{skip.reason}: {skip.detail}")
         if time.monotonic() > self.opened_at + self.open.expire_sec:  # after the crawler's deadline
             self.late.update(s for s in [*body.symbols, *(k.symbol for k in body.skipped)] if s in universe)
         self._note_ready(body.last_ready_at)
+        return repeated
 
     def add_closed(self, body: RoundClosed) -> None:
         self.closed_at = time.monotonic()
@@ -70,7 +91,7 @@ class RoundState:
         order = [self.rows[s] for s in self.universe if s in self.rows]
         if not order:
             return None
-        return pa.concat_tables(self.tables, promote_options="default").take(pa.array(order))
+        return pa.concat_tables(self.tables, promote_options="permissive").take(pa.array(order))
 
     def missing(self) -> list[str]:
         return [s for s in self.universe if s not in self.rows and s not in self.skipped]
@@ -130,7 +151,10 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
     """The article's steps 4-6 on the gathered rows: nan/inf filter, pre-filters, select, size."""
     universe = state.universe
     table = state.factor_table()
-    factors = table.to_pandas() if table is not None else pd.DataFrame()
+    if table is None:  # every symbol skipped or missing: empty sides, with the columns, as promised
+        table = pa.table({"symbol": pa.array([], pa.large_string()),
+                          **{c: pa.array([], pa.float64()) for c in ["close", *cfg.factor_columns]}})
+    factors = table.to_pandas()
     face_values: dict[str, Decimal] = {s.symbol: s.face_value for s in state.open.symbols if s.face_value}
     skipped = dict(state.skipped)
     if factors.empty:
@@ -172,4 +196,59 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
         previous=previous.targets,
         changes=target_changes(targets, previous.targets),
     )
-    return Built(selection, factors, long, short, table if table is not None else pa.table({}))
+    return Built(selection, factors, long, short, table)
+
+
+PENDING_ROUNDS = 3
+PENDING_MESSAGES = 1024
+PENDING_BYTES = 16 * 2**20
+PENDING_TTL_SEC = 60.0
+
+
+@dataclass
+class _Held:
+    since: float
+    messages: list = field(default_factory=list)
+    nbytes: int = 0
+
+
+class Pending:
+    """Results and closes for rounds not announced yet (the market's SUB can lag the factor's), bounded.
+
+    At most PENDING_ROUNDS rounds, each at most PENDING_MESSAGES messages and PENDING_BYTES of payload,
+    each kept PENDING_TTL_SEC: whatever a peer sends for rounds that never open, this is all it holds.
+    When full, a nearer round displaces the furthest one (the next real round is the nearest).
+    """
+
+    def __init__(self, rounds: int = PENDING_ROUNDS, messages: int = PENDING_MESSAGES,
+                 nbytes: int = PENDING_BYTES, ttl: float = PENDING_TTL_SEC):
+        self.max_rounds, self.max_messages, self.max_bytes, self.ttl = rounds, messages, nbytes, ttl
+        self.held: dict[datetime, _Held] = {}
+
+    def hold(self, run_time: datetime, message: object, size: int, now: float) -> str | None:
+        """Keep ``message``; or say why not (it is then dropped)."""
+        held = self.held.get(run_time)
+        if held is None:
+            if len(self.held) >= self.max_rounds:
+                furthest = max(self.held)
+                if run_time > furthest:
+                    return f"already holding {len(self.held)} unannounced rounds, all nearer"
+                del self.held[furthest]
+            held = self.held[run_time] = _Held(now)
+        if len(held.messages) >= self.max_messages or held.nbytes + size > self.max_bytes:
+            return (f"the round's buffer is full ({len(held.messages)} messages, {held.nbytes} bytes; "
+                    f"limits {self.max_messages}, {self.max_bytes})")
+        held.messages.append(message)
+        held.nbytes += size
+        return None
+
+    def pop(self, run_time: datetime) -> list:
+        held = self.held.pop(run_time, None)
+        return held.messages if held else []
+
+    def expire(self, now: float) -> list[tuple[datetime, int]]:
+        """Drop rounds held longer than the TTL; returns them with their message counts."""
+        old = [(t, len(h.messages)) for t, h in self.held.items() if now - h.since > self.ttl]
+        for t, _ in old:
+            del self.held[t]
+        return old

@@ -9,6 +9,10 @@ joiners: the Clone pattern's snapshot).
 The latest selection is kept on disk so that a restarted position service
 still knows the previous targets (executors trade the change) and can answer
 snapshots at once.
+
+Every hour boundary gets a selection or a ``Missed`` entry on ``selection``:
+the market's own (``round.missed``), a gap between consecutive rounds (nobody
+gathered the hours between), or a round withheld by ``incomplete_round``.
 """
 
 from __future__ import annotations
@@ -22,14 +26,19 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from services.position.rounds import Previous, RoundState, build_selection
+from services.position.checks import MAX_TABLE_BYTES, BadResults, Rejects, fits, normalise_table
+from services.position.missed import MAX_GAP_LISTED, MissedLog, gap_hours
+from services.position.rounds import Pending, Previous, RoundState, build_selection
 from services.position.shards import ShardWatch
-from shared import bus
+from shared import bus, security
+from shared.clock import parse_interval
 from shared.config import SelectorConfig
+from shared.durable import Outage, write_atomic
 from shared.messages import (
     Envelope,
     FactorResults,
     Heartbeat,
+    Missed,
     RoundClosed,
     RoundOpen,
     Selection,
@@ -42,9 +51,9 @@ from shared.service import HeartbeatTimer, StopFlag
 from shared.tables import frame_to_ipc, ipc_to_table, table_to_ipc
 
 log = logging.getLogger("position")
-PENDING_TTL_SEC = 600.0
 RETAINED_SELECTIONS = 48
 STATE_FILE = Path("state") / "position_latest.msgpack"
+MISSED_FILE = "position_missed.msgpack"
 
 
 def _as_text(side):
@@ -54,12 +63,26 @@ def _as_text(side):
     return side
 
 
+SAYS: dict[str, tuple[type, ...]] = {
+    "market": (RoundOpen, RoundClosed, Missed, Heartbeat),
+    "factor_in": (FactorResults, Heartbeat),
+}
+"""What each input socket's peers may say."""
+HEARTBEATS = {"market": "market", "factor_in": "factor"}
+
+
 class SelectionStore:
-    """Recent selections as the exact frames sent; the newest also on disk for restarts."""
+    """Recent selections as the exact frames sent; the newest also on disk for restarts.
+
+    A disk that refuses the state file (full, read-only) never stops publishing: the failure is
+    logged once per outage and the newest selection is written again each second until it sticks.
+    """
 
     def __init__(self, path: Path | None):
         self.path = path
         self.frames: deque[tuple[Selection, list]] = deque(maxlen=RETAINED_SELECTIONS)
+        self.unsaved = False
+        self.outage = Outage(log, "position state")
         if path is not None and path.exists():
             try:
                 frames = msgpack.unpackb(path.read_bytes())
@@ -76,11 +99,21 @@ class SelectionStore:
 
     def add(self, selection: Selection, frames: list) -> None:
         self.frames.append((selection, frames))
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_bytes(msgpack.packb([bytes(f) for f in frames]))
-            tmp.replace(self.path)
+        self.unsaved = self.path is not None
+        self.save()
+
+    def save(self) -> None:
+        """Persist the newest selection if it is not on disk yet and no outage retry is pending."""
+        if not self.unsaved or not self.outage.due():
+            return
+        sel, frames = self.frames[-1]
+        try:
+            write_atomic(self.path, lambda tmp: tmp.write_bytes(msgpack.packb([bytes(f) for f in frames])))
+        except OSError as e:
+            self.outage.failed(e, f"selection {sel.run_time.isoformat()} (still published and served)")
+            return
+        self.unsaved = False
+        self.outage.recovered(f"saved selection {sel.run_time.isoformat()}")
 
     def since(self, t: datetime | None) -> list[list]:
         if t is None:
@@ -96,20 +129,40 @@ class Position:
         self.pub = bus.Publisher(out, bus.identity("position"))
         self.heartbeat = HeartbeatTimer(self.pub, "position")
         self.inbox = bus.Inbox()
-        self.snapshot_inbox = bus.Inbox(ordered=False)
+        self.snapshot_inbox = bus.Inbox(ordered=False, stack="")  # any admitted client may ask
         self.shards = ShardWatch()
         self.store = SelectionStore(state_file)
         self.rounds: dict[datetime, RoundState] = {}
-        self.pending: dict[datetime, list[tuple[float, Envelope]]] = {}
+        self.pending = Pending()
+        self.rejects = Rejects()
         self.finished: set[datetime] = {self.store.latest.run_time} if self.store.latest else set()
+        self.missed = MissedLog(state_file.parent / MISSED_FILE if state_file is not None else None)
+        self.finished |= self.missed.run_times()
+        self.interval = parse_interval(cfg.interval)
         self.late = 0
 
     # -- inputs -------------------------------------------------------------------------------
+    def admissible(self, source: str, env: Envelope) -> bool:
+        """Only the market announces, closes and gives up rounds; only shard workers send results. Each
+        socket's peers are authenticated (CURVE), so the socket a message came in on says who sent it."""
+        body = env.body
+        allowed = SAYS[source]
+        if isinstance(body, allowed) and (not isinstance(body, Heartbeat) or body.service == HEARTBEATS[source]):
+            return True
+        self.rejects(f"a {body.kind} on the {source} socket", env.header.sender,
+                     f"only {' and '.join(c.kind for c in allowed)} messages are accepted there")
+        return False
+
     def on_message(self, env: Envelope) -> None:
         body = env.body
         if isinstance(body, Heartbeat):
             if body.service == "factor" and body.state.get("subscribed"):  # alive and listening to the market
-                self.shards.heard(str(body.state["shard"]))
+                try:
+                    shard = str(bus.Shard.parse(str(body.state.get("shard"))[:16]))
+                except ValueError as e:
+                    self.rejects("a factor heartbeat", env.header.sender, str(e))
+                    return
+                self.shards.heard(shard)
         elif isinstance(body, RoundOpen):
             if body.run_time in self.finished:
                 log.info("round %s announced again (a restarted market?); already published, ignored",
@@ -118,12 +171,14 @@ class Position:
             if body.run_time in self.rounds:
                 log.info("round %s announced again before it completed; gathering afresh",
                          body.run_time.isoformat())
+            else:
+                self.note_gap(body.run_time)
             state = self.rounds[body.run_time] = RoundState(open=body)
-            for _, early in self.pending.pop(body.run_time, []):
+            for early in self.pending.pop(body.run_time):
                 self._apply(state, early)
+        elif isinstance(body, Missed):
+            self.on_missed(env)
         elif isinstance(body, FactorResults | RoundClosed):
-            if isinstance(body, FactorResults):
-                self.shards.heard(body.shard)
             state = self.rounds.get(body.run_time)
             if state is not None:
                 self._apply(state, env)
@@ -132,25 +187,68 @@ class Position:
                     self.late += len(body.symbols) + len(body.skipped)
                     log.warning("round %s: results from shard %s after the round was published, dropped: %s",
                                 body.run_time.isoformat(), body.shard,
-                                ", ".join(body.symbols + [s.symbol for s in body.skipped]))
+                                ", ".join(body.symbols[:10] + [s.symbol for s in body.skipped[:10]]))
             else:
-                self.pending.setdefault(body.run_time, []).append((time.monotonic(), env))
+                self._hold(env)
+
+    def _hold(self, env: Envelope) -> None:
+        """A message for a round not announced (yet): keep it, bounded, unless the round is in the past."""
+        run_time = env.body.run_time
+        newest = max(self.finished, default=None)
+        if newest is not None and run_time < newest:
+            why: str | None = f"round {run_time.isoformat()} is older than the last published {newest.isoformat()}"
+        else:
+            size = sum(memoryview(p).nbytes for p in env.payloads)
+            why = self.pending.hold(run_time, env, size, time.monotonic())
+        if why is not None:
+            self.rejects(f"a {env.body.kind} for an unannounced round", env.header.sender,
+                         f"round {run_time.isoformat()}: {why}")
 
     def _apply(self, state: RoundState, env: Envelope) -> None:
         body = env.body
-        if isinstance(body, FactorResults):
-            rows = None
-            if env.payloads:
-                try:
-                    rows = ipc_to_table(env.payloads[0])
-                except Exception as e:
-                    self.inbox.bad_messages += 1
-                    log.warning("round %s: unreadable factor table from shard %s (%s); its %d symbols "
-                                "stay missing", body.run_time.isoformat(), body.shard, e, len(body.symbols))
-                    body = body.model_copy(update={"symbols": []})
-            state.add_results(body, rows)
-        elif isinstance(body, RoundClosed):
+        if isinstance(body, RoundClosed):
             state.add_closed(body)
+            return
+        if not isinstance(body, FactorResults):
+            return
+        try:
+            rows = self._checked_rows(state, env)
+        except BadResults as e:
+            self.rejects("a factor result", env.header.sender,
+                         f"round {body.run_time.isoformat()}, shard {body.shard}: {e}; its "
+                         f"{len(body.symbols) + len(body.skipped)} symbol(s) stay missing")
+            return
+        self.shards.heard(body.shard)  # only an accepted result says the shard is alive
+        repeated = state.add_results(body, rows)
+        if repeated:
+            self.rejects("symbols already accounted for", env.header.sender,
+                         f"round {body.run_time.isoformat()}, shard {body.shard}: {', '.join(repeated[:5])}"
+                         f"{'...' if len(repeated) > 5 else ''}; the first result for each is kept")
+
+    def _checked_rows(self, state: RoundState, env: Envelope):
+        """The result's table, validated and normalised (None: no rows); BadResults says what is wrong."""
+        body: FactorResults = env.body  # type: ignore[assignment]
+        problem = state.foreign(body)
+        if problem:
+            raise BadResults(problem)
+        if not body.symbols:
+            if env.payloads:
+                raise BadResults("a table but no symbols")
+            return None
+        if not env.payloads:
+            raise BadResults(f"no table for its {len(body.symbols)} symbol(s)")
+        size = memoryview(env.payloads[0]).nbytes
+        if size > MAX_TABLE_BYTES:
+            raise BadResults(f"a table of {size} bytes, over the {MAX_TABLE_BYTES} limit")
+        try:
+            table = ipc_to_table(env.payloads[0])
+        except Exception as e:  # Arrow raises several types on malformed bytes
+            raise BadResults(f"unreadable table ({type(e).__name__}: {str(e)[:200]})") from None
+        table = normalise_table(table, body.symbols, self.cfg.factor_columns)
+        problem = fits(state.schema, table)
+        if problem:
+            raise BadResults(problem)
+        return table
 
     def on_snapshot_request(self) -> None:
         frames = self.snapshot.recv_multipart()
@@ -160,12 +258,66 @@ class Position:
         if not isinstance(env.body, SnapshotRequest):
             log.warning("snapshot socket got a %s, not a snapshot_request", env.body.kind)
             return
-        replies = self.store.since(env.body.since)
+        replies = self.snapshot_replies(env.body.since)
         for reply in replies:
             self.snapshot.send_multipart([ident, *reply], copy=False)
         if not replies:
             self.snapshot.send_multipart(
-                [ident, *encode_unsequenced("snapshot", self.pub.sender, SnapshotEmpty(run_time=None))])
+                [ident, *encode_unsequenced("snapshot", self.pub.stack, self.pub.sender,
+                                            SnapshotEmpty(run_time=None))])
+
+    def snapshot_replies(self, since: datetime | None) -> list[list]:
+        """Selections and missed entries after ``since``, oldest first; with none, the latest
+        selection and any missed hours after it (so a client's sequence catches up in full)."""
+        selections = [(sel.run_time, frames) for sel, frames in self.store.frames]
+        if since is None:
+            latest = self.store.latest
+            chosen = selections[-1:] + self.missed.after(latest.run_time if latest else None)
+        else:
+            chosen = [(t, f) for t, f in selections if t > since] + self.missed.after(since)
+        return [frames for _, frames in sorted(chosen, key=lambda item: item[0])]
+
+    # -- hours without a selection ------------------------------------------------------------
+    def on_missed(self, env: Envelope) -> None:
+        """The market could not run a round: record it for everyone, unless it was published after all."""
+        body: Missed = env.body  # type: ignore[assignment]
+        if env.topic != bus.ROUND_MISSED:
+            self.rejects("a missed entry not from the market", env.header.sender, f"topic {env.topic!r}")
+            return
+        if body.run_time in self.finished:
+            log.info("round %s: the market reports it missed (%s), but it was already dealt with; ignored",
+                     body.run_time.isoformat(), body.reason)
+            return
+        self.note_gap(body.run_time)
+        self.rounds.pop(body.run_time, None)
+        self.record_missed(body.run_time, body.reason, body.detail)
+
+    def note_gap(self, run_time: datetime) -> None:
+        """Hours between the newest round known and a newer one that nobody announced are recorded missed."""
+        known = self.finished | set(self.rounds)
+        hours = gap_hours(known, run_time, self.interval)
+        if not hours:
+            return
+        detail = (f"no round was gathered for this hour: the last before it was {max(known).isoformat()}, "
+                  f"the next {run_time.isoformat()} (the market or the position service was down)")
+        if len(hours) > MAX_GAP_LISTED:
+            log.error("%d rounds from %s to %s MISSED (no_round); the newest %d are recorded one by one",
+                      len(hours), hours[0].isoformat(), hours[-1].isoformat(), MAX_GAP_LISTED)
+            hours = hours[-MAX_GAP_LISTED:]
+        for t in hours:
+            self.record_missed(t, "no_round", detail)
+
+    def record_missed(self, run_time: datetime, reason: str, detail: str) -> None:
+        """Publish an hour without a selection on ``selection``, keep it for snapshots, log it."""
+        self.finished.add(run_time)
+        missed = Missed(run_time=run_time, reason=reason, detail=detail)
+        self.missed.add(missed, self.pub.send(bus.SELECTION, missed))
+        log.error("round %s MISSED (%s): %s", run_time.isoformat(), reason, detail)
+
+    def shards_ready(self) -> bool:
+        """Every expected factor shard has been heard since this start: results now reach this service."""
+        expected = self.shards.expected()
+        return bool(expected) and all(s in self.shards.last_heard for s in expected)
 
     # -- completing rounds --------------------------------------------------------------------
     def finish_due_rounds(self) -> None:
@@ -175,11 +327,13 @@ class Position:
             if state.complete() or now >= state.deadline(self.cfg.round_grace_sec):
                 del self.rounds[run_time]
                 self.finished.add(run_time)
-                self.publish(state)
-        for run_time in [t for t, items in self.pending.items() if now - items[0][0] > PENDING_TTL_SEC]:
-            log.warning("round %s: results arrived but the market never announced it; dropped",
-                        run_time.isoformat())
-            del self.pending[run_time]
+                try:
+                    self.publish(state)
+                except Exception:  # a bug, not a message: say so loudly, keep serving the next rounds
+                    log.exception("round %s could not be built or published", run_time.isoformat())
+        for run_time, count in self.pending.expire(now):
+            log.warning("round %s: %d message(s) arrived but the market never announced it; dropped",
+                        run_time.isoformat(), count)
 
     def publish(self, state: RoundState) -> None:
         policy = self.cfg.incomplete_round
@@ -195,6 +349,9 @@ class Position:
                         ", ".join(cov.missing[:10]) + ("..." if len(cov.missing) > 10 else ""),
                         ", ".join(cov.silent_shards) or "none", policy)
             if policy == "withhold":
+                self.record_missed(sel.run_time, "withheld", f"{len(cov.missing)} of {cov.expected} symbols "
+                                   f"missing at the deadline ({', '.join(cov.missing[:10])}"
+                                   f"{'...' if len(cov.missing) > 10 else ''}) and incomplete_round is withhold")
                 return
         payloads = [table_to_ipc(built.factor_table), frame_to_ipc(_as_text(built.long)),
                     frame_to_ipc(_as_text(built.short))]
@@ -219,32 +376,39 @@ class Position:
                 soonest = min(s.deadline(self.cfg.round_grace_sec) for s in self.rounds.values())
                 timeout = max(0, min(timeout, int((soonest - time.monotonic()) * 1000) + 1))
             events = dict(poller.poll(timeout))
-            for sock in (self.market, self.factor_in):
+            for sock, source in ((self.market, "market"), (self.factor_in, "factor_in")):
                 while sock in events and sock.poll(0):
                     env = self.inbox.recv(sock)
-                    if env is not None:
+                    if env is not None and self.admissible(source, env):
                         self.on_message(env)
             if self.snapshot in events:
                 while self.snapshot.poll(0):
                     self.on_snapshot_request()
             self.finish_due_rounds()
+            self.store.save()  # retries a state file the disk refused
             self.shards.check()
             latest = self.store.latest
             self.heartbeat.tick(latest.run_time if latest else None,
                                 selection_seq=self.pub.last_seq(bus.SELECTION), late=self.late,
-                                **self.inbox.counts(),
-                                silent_shards=sorted(self.shards.silent))
+                                rejected=self.rejects.total, **self.inbox.counts(),
+                                silent_shards=sorted(self.shards.silent), shards_ready=self.shards_ready())
         return 0
 
 
 def main(cfg: SelectorConfig, workdir: Path) -> int:
     stop = StopFlag()
+    bus.join_stack(workdir)
+    keys = security.stack_keys(workdir)
     ctx = bus.context()
-    factor_in = ctx.socket(zmq.SUB)
-    factor_in.setsockopt(zmq.RCVHWM, 0)
-    market = ctx.socket(zmq.SUB)
-    out = ctx.socket(zmq.PUB)
-    snapshot = ctx.socket(zmq.ROUTER)
+    factor_in = bus.make_socket(ctx, zmq.SUB)
+    market = bus.make_socket(ctx, zmq.SUB)
+    out = bus.make_socket(ctx, zmq.PUB)
+    snapshot = bus.make_socket(ctx, zmq.ROUTER)
+    if keys:
+        keys.serve(factor_in, "factor_in")
+        keys.serve(out, "selections")
+        keys.serve(snapshot, "selections")
+        keys.connect_as(market, "position", "market")
     addrs = {name: bus.endpoint(name) for name in ("ALPHABUS_FACTOR_IN", "ALPHABUS_MARKET_PUB",
                                                     "ALPHABUS_SELECTION_PUB", "ALPHABUS_SNAPSHOT")}
     factor_in.bind(bus.bind_address(addrs["ALPHABUS_FACTOR_IN"]))
@@ -254,11 +418,10 @@ def main(cfg: SelectorConfig, workdir: Path) -> int:
     market.connect(addrs["ALPHABUS_MARKET_PUB"])
     market.setsockopt_string(zmq.SUBSCRIBE, bus.ROUNDS)
     market.setsockopt_string(zmq.SUBSCRIBE, "hb.market")
-    log.info("position: factor results in at %s, selections out at %s, snapshots at %s, market %s",
+    log.info("position: factor results in at %s, selections out at %s, snapshots at %s, market %s, stack %s, %s",
              addrs["ALPHABUS_FACTOR_IN"], addrs["ALPHABUS_SELECTION_PUB"], addrs["ALPHABUS_SNAPSHOT"],
-             addrs["ALPHABUS_MARKET_PUB"])
+             addrs["ALPHABUS_MARKET_PUB"], bus.current_stack(), "CURVE" if keys else "NOT AUTHENTICATED")
     try:
         return Position(cfg, factor_in, market, out, snapshot, stop, workdir / STATE_FILE).run()
     finally:
-        bus.close_all(factor_in, market, out, snapshot)
-        ctx.term()
+        bus.shutdown(ctx, factor_in, market, out, snapshot)

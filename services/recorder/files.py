@@ -9,13 +9,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
+from shared.durable import write_atomic
 from shared.messages import Selection
 
 # The article's save_selected drops these; a source without some of them (the real data set has no
@@ -34,17 +33,6 @@ def history_paths(workdir: str | Path, run_time: datetime) -> dict[str, Path]:
         "factor": workdir / "factor_his" / run_time.strftime("coin_%Y%m%d_%H%M%S.csv.zip"),
         "selection": workdir / "selection_his" / run_time.strftime("%Y%m%d_%H%M%S.json"),
     }
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write into a temporary name, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_csv_zip(df: pd.DataFrame, path: Path) -> None:

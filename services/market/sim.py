@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from shared.bmac import CANDLE_COLUMNS, EXGINFO_COLUMNS, BmacDir
 from shared.clock import DEFAULT_TZ, zone
+from shared.errors import UserMistake
 
 log = logging.getLogger("sim")
 
@@ -313,6 +314,10 @@ def _split(symbols: np.ndarray) -> dict[str, slice]:
     return {str(symbols[s]): slice(int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
 
 
+class OutOfRange(UserMistake, ValueError):
+    """A replay asked for hours the data set does not hold: a user's mistake, said in one sentence."""
+
+
 class ReplayMarket:
     """Real Binance hours replayed as the crawler would have written them.
 
@@ -336,7 +341,8 @@ class ReplayMarket:
         count = (int(begin_ms.max()) - self._origin_ms) // HOUR_MS + 1  # hourly candle slots in the data
         self.hours = count - self._first + 1  # the last run_time is the last candle's close
         if self._first < 1 or self.hours < 1:
-            raise ValueError(f"first_hour {self._first} is outside the data's {count} candles")
+            raise OutOfRange(f"--first-hour {self._first} is outside the data set's {count} hourly candles "
+                             f"(use 1 to {count})")
         self._rows = _split(candles["symbol"].to_numpy())
         self._table: pa.Table | None = None
         self.symbols = list(self._rows)
@@ -432,21 +438,27 @@ def _sleep_until(deadline: float, stop: Callable[[], bool] | None = None) -> boo
 
 
 def write_hour(bmac: BmacDir, market: Market, k: int, spread_sec: float = 0.0,
-               order_seed: int | None = None) -> datetime:
+               order_seed: int | None = None, resume: bool = False) -> datetime:
     """Write hour k as the crawler does: exginfo, funding, then each symbol's file and marker.
 
     With spread_sec > 0 the symbols arrive evenly over spread_sec in a shuffled order (seeded by
     order_seed, random when None), like a crawler whose requests finish at different times.
     Frames are built before the first write so the spread measures writing, not generating.
+    ``resume``: finish an hour a previous run left unfinished, writing only what has no marker yet.
     """
     run_time = market.run_time(k)
     frames = market.candles(k)
+    if resume:
+        done = bmac.ready_candles(run_time)
+        frames = {s: df for s, df in frames.items() if s not in done}
     order = sorted(frames)
     if spread_sec > 0:
         random.Random(order_seed).shuffle(order)
     previous = market.run_time(k - 1) if k > 0 else None  # whose markers to replace, without a glob
-    bmac.write_exginfo(market.exginfo(), run_time, previous)
-    bmac.write_funding(market.funding(k), run_time, previous)
+    if not (resume and bmac.exginfo_ready(run_time).exists()):
+        bmac.write_exginfo(market.exginfo(), run_time, previous)
+    if not (resume and bmac.funding_ready(run_time).exists()):
+        bmac.write_funding(market.funding(k), run_time, previous)
     started = time.monotonic()
     for i, symbol in enumerate(order):
         if spread_sec > 0:
@@ -455,23 +467,46 @@ def write_hour(bmac: BmacDir, market: Market, k: int, spread_sec: float = 0.0,
     return run_time
 
 
-def _resume_hour(bmac: BmacDir, market: Market) -> int:
-    """A restarted sim carries on after the newest hour on disk, so readers following its clock never wait
-    for hours they have already seen to come round again."""
-    stamp = bmac.latest_exginfo_stamp()
+def _newest_stamp(bmac: BmacDir) -> str | None:
+    """The newest hour an exginfo or funding marker names (funding's still names the previous hour while
+    the exginfo marker is being replaced)."""
+    names = [p.name for p in bmac.exginfo_dir.glob("*.ready")] if bmac.exginfo_dir.is_dir() else []
+    stamps = [n.removesuffix(".ready").split("_", 1)[1] for n in names if n.startswith(("exginfo_", "funding_"))]
+    return max(stamps, default=None)
+
+
+def _resume_hour(bmac: BmacDir, market: Market) -> tuple[int, bool]:
+    """Where a restarted sim carries on: (hour, whether that hour is unfinished and must be completed).
+
+    After the newest hour on disk, so readers following its clock never wait for hours they have
+    already seen to come round again; or that hour itself when the previous run stopped halfway
+    through it (exginfo, funding or some symbols' files and markers not written yet).
+    """
+    stamp = _newest_stamp(bmac)
     if stamp is None:
-        return 0
-    newest = datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=market.run_time(0).tzinfo)
+        return 0, False
+    try:
+        newest = datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=market.run_time(0).tzinfo)
+    except ValueError:
+        return 0, False
     k = round((newest - market.run_time(0)).total_seconds() / 3600)
     try:
-        return k + 1 if k >= 0 and market.run_time(k) == newest else 0
+        if k < 0 or market.run_time(k) != newest:
+            return 0, False
     except IndexError:
-        return 0
+        return 0, False
+    written = bmac.exginfo_ready(newest).exists() and bmac.funding_ready(newest).exists()
+    if written and set(market.candles(k)) <= bmac.ready_candles(newest):
+        return k + 1, False
+    return k, True
 
 
-def _clear_ready_markers(bmac: BmacDir) -> int:
-    """A restarted sim must not leave markers that make a reader take old files for the new hour."""
-    stale = [p for d in (bmac.exginfo_dir, bmac.candle_dir) if d.is_dir() for p in d.glob("*.ready")]
+def _clear_ready_markers(bmac: BmacDir, keep: datetime | None = None) -> int:
+    """A restarted sim must not leave markers that make a reader take old files for the new hour
+    (those of ``keep``, the unfinished hour it is about to complete, stay)."""
+    kept = f"_{keep.strftime('%Y%m%d_%H%M%S')}.ready" if keep is not None else None
+    stale = [p for d in (bmac.exginfo_dir, bmac.candle_dir) if d.is_dir() for p in d.glob("*.ready")
+             if kept is None or not p.name.endswith(kept)]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
@@ -495,12 +530,13 @@ def run(out_dir: Path, *, symbols: int = 60, seed: int = 7, history: int = 1500,
         limit = hours
         what = f"synthetic market ({symbols} symbols, seed {seed})"
     bmac = BmacDir(out_dir, "1h")
-    first = _resume_hour(bmac, market)
-    removed = _clear_ready_markers(bmac)
+    first, unfinished = _resume_hour(bmac, market)
+    removed = _clear_ready_markers(bmac, market.run_time(first) if unfinished else None)
     log.info("sim writing %s into %s: history %d, an hour every %gs, symbols spread over %gs%s%s",
              what, bmac.root, history, hour_seconds, spread_sec,
              f", {removed} stale ready markers removed" if removed else "",
-             f", resuming after hour {first - 1} already written" if first else "")
+             f", completing the unfinished hour {first}" if unfinished
+             else f", resuming after hour {first - 1} already written" if first else "")
     if spread_sec >= hour_seconds:
         log.warning("spread_sec %g >= hour_seconds %g: hours will run late", spread_sec, hour_seconds)
     t0 = time.monotonic() - first * hour_seconds
@@ -515,10 +551,12 @@ def run(out_dir: Path, *, symbols: int = 60, seed: int = 7, history: int = 1500,
                         "than hour_seconds=%g; hours now follow each other without a pause", k, late,
                         hour_seconds)
         started = time.perf_counter()
-        run_time = write_hour(bmac, market, k, spread_sec)
-        log.info("sim hour %s: wrote %d symbols in %.0f ms", run_time.isoformat(),
-                 len(bmac.ready_candles(run_time)), (time.perf_counter() - started) * 1000)
-        k += 1
+        before = len(bmac.ready_candles(market.run_time(k))) if unfinished else 0
+        run_time = write_hour(bmac, market, k, spread_sec, resume=unfinished)
+        log.info("sim hour %s: wrote %d symbols in %.0f ms%s", run_time.isoformat(),
+                 len(bmac.ready_candles(run_time)), (time.perf_counter() - started) * 1000,
+                 f" ({before} already written before the restart)" if unfinished else "")
+        k, unfinished = k + 1, False
     if replay is not None and k == market.hours:
         log.info("sim: the replay data ends after %d hours", k)
     return 0
