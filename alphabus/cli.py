@@ -110,6 +110,17 @@ def _replay_dir(text: str) -> Path:
     return folder
 
 
+def _strategy_dir(text: str) -> Path:
+    """argparse type for demo --strategy: a folder holding factor_calc.json (validated when the demo starts)."""
+    from shared.config import CONFIG_FILE
+
+    folder = Path(text)
+    if not (folder / CONFIG_FILE).is_file():
+        raise argparse.ArgumentTypeError(f"{text} has no {CONFIG_FILE}; give a strategy's work directory such as "
+                                         "examples/two_factor")
+    return folder
+
+
 def _run_time(text: str, cfg):
     """--run-time as the round it names: on a boundary of the config's interval, in its timezone."""
     from alphabus.launcher import UsageError
@@ -208,7 +219,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from alphabus import demo
 
     return demo.run(rounds=args.rounds, symbols=args.symbols, replay=args.replay,
-                    hour_seconds=args.hour_seconds, shards=args.factor_shards, keep=args.keep)
+                    hour_seconds=args.hour_seconds, shards=args.factor_shards, keep=args.keep,
+                    strategy=args.strategy)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
@@ -342,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replay a real data set (e.g. ../shared/data/binance_usdm_1h)")
     sp.add_argument("--factor-shards", type=_shard_count, default=1, metavar="N")
     sp.add_argument("--keep", action="store_true", help="keep the temporary work directory")
+    sp.add_argument("--strategy", type=_strategy_dir, metavar="DIR",
+                    help="run this work directory's factor_calc.json (e.g. examples/two_factor) instead of the "
+                         "article's; the demo points its bmac_dir at the simulator")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("sim", help="a stand-in crawler: write a BMAC directory on an accelerated clock")

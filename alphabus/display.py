@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 
 from shared.messages import Pick, Selection
 
@@ -36,6 +37,18 @@ def format_selection(sel: Selection) -> str:
         s = sel.shortfall
         lines.append(f"  SHORTFALL: pool of {s.pool}; long {s.long_got}/{s.long_wanted}, "
                      f"short {s.short_got}/{s.short_wanted}")
-    lines += _side("LONG", sel.long, sel.factor_column)
-    lines += _side("SHORT", sel.short, sel.factor_column)
+    lines += _side("LONG", sel.long, sel.ranked_by.get("long", sel.factor_column))
+    lines += _side("SHORT", sel.short, sel.ranked_by.get("short", sel.factor_column))
+    if len(sel.offsets) > 1:  # the picks are one offset's; the portfolio is every offset's sum
+        fresh = [o for o, book in sel.offsets.items() if book.rebalanced]
+        lines.append(f"  OFFSETS: hold {sel.hold_period}, {len(sel.offsets)} offsets, rebalanced now: "
+                     f"{', '.join(fresh) or 'none'}; the picks above are one offset's")
+        lines += _targets(sel.targets)
     return "\n".join(lines)
+
+
+def _targets(targets: dict[str, Decimal]) -> list[str]:
+    lines = [f"  TARGETS ({len(targets)}, all offsets)"]
+    if not targets:
+        return [*lines, "    (none)"]
+    return lines + [f"    {symbol:<14}{qty!s:>16}" for symbol, qty in targets.items()]

@@ -21,6 +21,7 @@ from bench.scenario import progress, run_scenario
 from services.market.sim import SyntheticMarket
 from shared.bmac import BmacDir
 from tests.conftest import REAL_DATA
+from tests.reference import article_config
 
 CANDLES = 1500  # the article's history per symbol (min_candle_num is 999)
 SEED = 7
@@ -44,6 +45,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spread-sec", type=float, default=1.0, help="live: spread the ready markers over this long")
     p.add_argument("--round-grace-sec", type=float, help="override the stack's round_grace_sec (default: the "
                                                         "article's config, where it is 2)")
+    p.add_argument("--strategy", type=Path, metavar="DIR",
+                   help="run the stack with this work directory's factor_calc.json (e.g. examples/two_factor; its "
+                        "bmac_dir is replaced); the pandas loop is compared only for the article's strategy")
     p.add_argument("--quick", action="store_true", help="a smoke run: 200 symbols, 3 rounds, 1 shard")
     p.add_argument("--out", type=Path, help="also write the JSON to this file")
     args = p.parse_args(argv)
@@ -54,12 +58,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.rounds < 1 or args.replay_rounds < 0:
         p.error("--rounds must be >= 1 and --replay-rounds >= 0")
+    if args.strategy is not None:
+        try:
+            args.strategy_keys = strategy_keys(args.strategy)
+        except (OSError, ValueError) as e:
+            p.error(f"--strategy {args.strategy}: {e}")
+    else:
+        args.strategy_keys = {}
     return args
 
 
+def strategy_keys(folder: Path) -> dict[str, object]:
+    """A strategy's factor_calc.json minus what the bench sets itself (bmac_dir, debug)."""
+    raw = json.loads((folder / "factor_calc.json").read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError("factor_calc.json is not a JSON object")
+    return {k: v for k, v in raw.items() if k not in ("bmac_dir", "debug")}
+
+
 def config_overrides(args: argparse.Namespace) -> dict[str, object]:
-    """What the stack's factor_calc.json changes from the article's: nothing unless asked."""
-    return {} if args.round_grace_sec is None else {"round_grace_sec": args.round_grace_sec}
+    """What the stack's factor_calc.json changes from the article's: the strategy's keys, then --round-grace-sec."""
+    changed = {k: v for k, v in args.strategy_keys.items() if article_config("").get(k, object()) != v}
+    return changed | ({} if args.round_grace_sec is None else {"round_grace_sec": args.round_grace_sec})
+
+
+def is_article(args: argparse.Namespace) -> bool:
+    """The pandas loop is the article's program: it stands beside the stack only when the stack runs the article's
+    strategy (timing keys such as round_grace_sec change no selection)."""
+    return not {k for k in config_overrides(args) if k not in ("round_grace_sec", "bmac_expire_sec", "timezone")}
 
 
 def run_size(root: Path, size: int, args: argparse.Namespace) -> list[dict]:
@@ -69,7 +95,8 @@ def run_size(root: Path, size: int, args: argparse.Namespace) -> list[dict]:
                 spread_sec=args.spread_sec, seed=SEED)
     results = []
     for n in args.shards:
-        results.append(run_scenario(feed, root / f"work-{size}-{n}", size, n, args.rounds, config_overrides(args)))
+        results.append(run_scenario(feed, root / f"work-{size}-{n}", size, n, args.rounds, config_overrides(args),
+                                    baseline=is_article(args)))
     shutil.rmtree(feed.bmac.root, ignore_errors=True)
     return results
 
@@ -79,8 +106,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     began = time.perf_counter()
     code = source_state()
     scenarios = [sc for size in args.sizes for sc in run_size(root, size, args)]
-    replay = (run_replay(REAL_DATA, root, args.replay_rounds) if args.replay_rounds
-              else {"skipped": "--replay-rounds 0"})
+    replay = (run_replay(REAL_DATA, root, args.replay_rounds, config_overrides(args), check=is_article(args))
+              if args.replay_rounds else {"skipped": "--replay-rounds 0"})
     code["changed_during_run"] = source_hash() != code["source_sha"]
     if code["changed_during_run"]:
         progress("WARNING: the stack's sources changed during the run; later scenarios ran newer code")
@@ -89,7 +116,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
         "code": code,
         "config": {"sizes": args.sizes, "shards": args.shards, "rounds": args.rounds, "candles": CANDLES,
                    "spread_sec": args.spread_sec, "replay_rounds": args.replay_rounds,
-                   "config_overrides": config_overrides(args)},
+                   "config_overrides": config_overrides(args),
+                   "strategy": str(args.strategy) if args.strategy else None, "baseline": is_article(args)},
         "scenarios": scenarios,
         "replay": replay,
         "targets": evaluate(scenarios, replay),

@@ -155,10 +155,22 @@ def target_table(results: Sequence[dict]) -> list[str]:
 def replay_lines(replay: dict) -> list[str]:
     if "skipped" in replay or replay.get("error"):
         return [f"replay: {replay.get('skipped') or 'ERROR: ' + str(replay.get('error'))}"]
+    checked = (f"{len(replay['mismatches'])} of {replay['checked']} rounds differ from article_round"
+               if replay["checked"] else "not compared with article_round (not the article's strategy)")
     return [f"replay of the real data set ({replay['symbols']} symbols, {replay['rounds']} rounds, 1 shard): "
             f"{replay['rounds_per_s']} rounds/s (market --replay, from memory); "
-            f"{_spread(replay['ms_between_selections'], 1)} ms between selections; "
-            f"{len(replay['mismatches'])} of {replay['checked']} rounds differ from article_round"]
+            f"{_spread(replay['ms_between_selections'], 1)} ms between selections; {checked}"]
+
+
+def strategy_lines(config: dict) -> list[str]:
+    """Say which strategy ran, and that a non-article one has stack figures alone."""
+    if not config.get("strategy"):
+        return []
+    if config.get("baseline", True):
+        return [f"strategy {config['strategy']}: the article's; compared with the article's pandas loop", ""]
+    return [f"strategy {config['strategy']}: STACK FIGURES ALONE. The pandas loop is the article's program, so it "
+            "is neither timed nor compared for another strategy (ratio and loop columns are empty; "
+            "tests/test_examples.py checks this strategy's selections against its reference).", ""]
 
 
 def check_lines(scenarios: Sequence[dict], replay: dict) -> list[str]:
@@ -180,7 +192,8 @@ def check_lines(scenarios: Sequence[dict], replay: dict) -> list[str]:
     if log.get("warnings") or log.get("errors"):
         lines.append(f"replay: services logged {log['errors']} error(s), {log['warnings']} warning(s); "
                      f"first: {log['first'][:3]}")
-    return lines or ["checks: every selection matched the article's loop; no incomplete round; no service warnings"]
+    return lines or ["checks: every selection compared matched the article's loop; no incomplete round; "
+                     "no service warnings"]
 
 
 def _overrides(overrides: dict | None) -> str:
@@ -200,6 +213,7 @@ def render(result: dict) -> str:
         f"{result['config']['spread_sec']} s; {result['config']['rounds']} rounds per mode and scenario; "
         f"stack config: the article's factor_calc.json{_overrides(result['config'].get('config_overrides'))}",
         "",
+        *strategy_lines(result["config"]),
         "Latency: burst = exginfo marker created -> selection at an outside subscriber; live = last ready marker "
         "-> selection. ratio = pandas loop median / stack median.",
         *latency_table(result["scenarios"]),

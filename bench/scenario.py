@@ -56,7 +56,7 @@ class Measured:
         return out
 
 
-def _round(stack: BenchStack, feed: Feed, mode: str, into: Measured) -> None:
+def _round(stack: BenchStack, feed: Feed, mode: str, into: Measured, baseline: bool = True) -> None:
     """Start one round, wait for its selection at the outside subscriber, then run the baseline on its files.
 
     CPU per round runs from just before the round start until the recorder has written the round
@@ -75,7 +75,7 @@ def _round(stack: BenchStack, feed: Feed, mode: str, into: Measured) -> None:
         into.latency_field.append(sel.latency_ms)
     if sel.incomplete or sel.coverage.missing:
         into.incomplete.append(sel.run_time.isoformat())
-    if _baseline(feed, mode, start, into) != Picks.of_selection(sel):
+    if baseline and _baseline(feed, mode, start, into) != Picks.of_selection(sel):
         into.mismatches.append(sel.run_time.isoformat())
 
 
@@ -94,10 +94,11 @@ def _baseline(feed: Feed, mode: str, start: Started, into: Measured) -> Picks:
 
 
 def run_scenario(feed: Feed, workdir: Path, size: int, shards: int, rounds: int,
-                 config: dict[str, object] | None = None) -> dict[str, object]:
+                 config: dict[str, object] | None = None, baseline: bool = True) -> dict[str, object]:
     """A fresh stack, a warm-up hour (its first round pays for imports and caches), then burst/live pairs.
 
-    ``config``: overrides of the article's factor_calc.json for the stack.
+    ``config``: overrides of the article's factor_calc.json for the stack. ``baseline``: time the article's
+    pandas loop beside each round and compare picks; only meaningful when the stack runs the article's strategy.
     """
     modes = {"burst": Measured(), "live": Measured()}
     out: dict[str, object] = {"size": size, "shards": shards, "rounds": rounds, "error": None}
@@ -112,7 +113,7 @@ def run_scenario(feed: Feed, workdir: Path, size: int, shards: int, rounds: int,
             progress(f"{size} symbols, {shards} shard(s): warm-up round done; measuring")
             for i in range(rounds):
                 for mode, measured in modes.items():
-                    _round(stack, feed, mode, measured)
+                    _round(stack, feed, mode, measured, baseline)
                 progress(f"{size} symbols, {shards} shard(s): round {i + 1}/{rounds}: burst "
                          f"{modes['burst'].stack[-1]:.0f} ms, live {modes['live'].stack[-1]:.1f} ms")
             memory = stack.memory()

@@ -1,7 +1,8 @@
 """The crawler's (BMAC's) on-disk format: where files are, how ready markers are named, how to read them.
 
     <bmac_dir>/exginfo_<interval>/exginfo.fea            contracts and lot sizes (decimal128 columns)
-    <bmac_dir>/exginfo_<interval>/funding.fea            funding rates
+    <bmac_dir>/exginfo_<interval>/funding.fea            funding rates: symbol, fundingRate, time; each hour's
+                                                         rows appended to the history, stamped at the hour
     <bmac_dir>/usdt_swap_<interval>/<SYMBOL>.fea         candles, oldest first
     <dir>/<name>_<YYYYmmdd_HHMMSS>.ready                 "<name> is complete for this run_time"
 
@@ -238,6 +239,53 @@ def check_candle_table(table: pa.Table, source: str) -> None:
         raise BadCandles(f"{source}: close is {table.schema.field('close').type}, not a number") from None
     times = table["candle_begin_time"].to_numpy().view(np.int64)
     _check_values(times, kind.unit, kind.tz, close, source)
+
+
+FundingEvents = dict[str, tuple[np.ndarray, np.ndarray]]
+"""symbol -> (event times in ms since the epoch, strictly increasing; their rates)."""
+
+
+def funding_events(funding: pd.DataFrame, tz: str = "UTC") -> FundingEvents:
+    """The crawler's ``funding.fea`` (rows ``symbol, fundingRate, time``, history appended hour after hour)
+    as each symbol's events.
+
+    Rows whose rate is not a finite number are dropped (no rate is known); of two rows of one symbol
+    stamped at the same time the later row in the file wins (the crawler's newest word). Naive
+    times are read in the crawler's timezone ``tz``.
+    """
+    if funding.empty or not {"symbol", "fundingRate", "time"} <= set(funding.columns):
+        return {}
+    when = pd.to_datetime(funding["time"])
+    if when.dt.tz is None:
+        when = when.dt.tz_localize(tz)
+    ms = when.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
+    rates = pd.to_numeric(funding["fundingRate"], errors="coerce").to_numpy(np.float64)
+    symbols = funding["symbol"].astype(str).to_numpy()
+    ok = np.isfinite(rates) & ~pd.isna(funding["time"]).to_numpy()
+    ms, rates, symbols = ms[ok], rates[ok], symbols[ok]
+    order = np.lexsort((np.arange(len(ms)), ms, symbols))  # symbol, then time, then file order
+    ms, rates, symbols = ms[order], rates[order], symbols[order]
+    last = np.r_[(symbols[1:] != symbols[:-1]) | (ms[1:] != ms[:-1]), True]  # the last row of each (symbol, time)
+    ms, rates, symbols = ms[last], rates[last], symbols[last]
+    starts = np.flatnonzero(np.r_[True, symbols[1:] != symbols[:-1]]) if len(symbols) else np.empty(0, int)
+    ends = np.r_[starts[1:], len(symbols)]
+    return {str(symbols[a]): (ms[a:b], rates[a:b]) for a, b in zip(starts, ends, strict=True)}
+
+
+def first_candle_begin_ms(data: bytes | memoryview | pa.Buffer) -> int | None:
+    """The first candle's open time in a feather file's bytes (ms), reading nothing else; None if unreadable."""
+    try:
+        reader = pa.ipc.open_file(pa.py_buffer(data) if not isinstance(data, pa.Buffer) else data,
+                                  options=_SINGLE_THREAD)
+        if reader.num_record_batches == 0:
+            return None
+        first = reader.get_batch(0).column("candle_begin_time")
+        if len(first) == 0 or not pa.types.is_timestamp(first.type):
+            return None
+        return int(pc.cast(first.slice(0, 1), pa.timestamp("ms", first.type.tz), safe=False)
+                   .cast(pa.int64())[0].as_py())
+    except Exception:  # the factor worker reads the file for real and reports what is wrong with it
+        return None
 
 
 def lot_sizes(exginfo: pd.DataFrame) -> dict[str, Decimal | None]:

@@ -10,6 +10,7 @@ a valid message raises ``BadMessage`` naming what was wrong.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -34,12 +35,16 @@ SCHEMA_VERSION = 1
 # Bounds on what a peer can make a receiver hold: every list, map and string that comes off the wire.
 MAX_SYMBOLS = 10_000
 """Most symbols a list or map in one message may hold (an exchange lists a few hundred)."""
+MAX_OFFSETS = 24 * 366
+"""Most offsets a selection may carry: a hold period of up to a year, one offset per hour."""
 MAX_TEXT = 1_000
 """Free text from a peer (skip details, reasons) is clipped to this many characters."""
 MAX_TOPIC_BYTES = 256
 MAX_HEADER_BYTES = 16 * 2**20
 """A header frame above this is refused before msgpack parses it."""
 MAX_PAYLOAD_FRAMES = 8
+MAX_FUNDING_EVENTS = 5_000
+"""Most funding events one Candles message carries (a symbol's hourly history over a 1500-candle file is 1500)."""
 SYMBOL_PATTERN = r"^[A-Z0-9]{1,32}$"
 """A plain exchange ticker: nothing that could name a path (``../../etc/x``) or a topic prefix."""
 
@@ -120,10 +125,12 @@ class RoundClosed(Body):
 
 
 class Candles(Body):
-    """Market: one symbol's candle file, as the crawler wrote it.
+    """Market: one symbol's candle file, as the crawler wrote it, and its funding events.
 
     Payload: the feather bytes; or none with ``by_path``, when the factor workers share the
     crawler's filesystem and read the file themselves (nothing large crosses the socket).
+    Funding travels as two parallel lists rather than a list of pairs: validating them is
+    several times faster, and a round validates one per symbol.
     """
 
     kind: ClassVar[str] = "candles"
@@ -133,6 +140,20 @@ class Candles(Body):
     path: str = Field(max_length=4096, description="The file the bytes came from (to read, with by_path).")
     ready_at: AwareDatetime = Field(description="When the market saw the symbol's ready marker.")
     by_path: bool = Field(False, description="No payload: read the file at ``path``.")
+    funding_times: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(
+        [], max_length=MAX_FUNDING_EVENTS, description="The symbol's funding events inside the candle file's "
+        "span: times in ms since the epoch, strictly increasing; sent when a configured plugin reads funding.")
+    funding_rates: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        [], max_length=MAX_FUNDING_EVENTS, description="The events' rates, one per time.")
+
+    @model_validator(mode="after")
+    def _one_rate_per_increasing_time(self) -> Candles:
+        times = self.funding_times
+        if len(times) != len(self.funding_rates):
+            raise ValueError(f"{len(times)} funding_times but {len(self.funding_rates)} funding_rates")
+        if any(a >= b for a, b in itertools.pairwise(times)):
+            raise ValueError("funding_times must be strictly increasing")
+        return self
 
 
 class Skip(BaseModel):
@@ -169,21 +190,36 @@ class Pick(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     symbol: Symbol = Field(description="Contract, e.g. 'BTCUSDT'.")
     close: float = Field(description="Close of the candle that just closed: the price the round sized at.")
-    factor: float = Field(description="The factor value the coin was ranked by.")
+    factor: float = Field(description="The value the coin was ranked by: its factor, or its side's composite.")
+    factors: dict[str, float] = Field(
+        {}, max_length=64, description="Every factor column -> value, and the side's composite column when it has one."
+    )
     filters: dict[str, float] = Field(max_length=64, description="Filter column -> value.")
     position: Decimal = Field(description="Contracts on this side (unsigned), rounded to the lot size; exact.")
     pos_val: float = Field(description="position * close in USDT.")
 
 
 class Shortfall(BaseModel):
-    """How many coins each side wanted and got, when the pool was too small."""
+    """How many coins each side wanted and got, when a side's pool was too small."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    pool: int
+    pool: int = Field(description="The pool after the common pre_filters (both sides' pool when they share one).")
+    long_pool: int | None = Field(None, description="The long side's pool (after long_pre_filters).")
+    short_pool: int | None = Field(None, description="The short side's pool (after short_pre_filters).")
     long_wanted: int
     long_got: int
     short_wanted: int
     short_got: int
+
+
+class OffsetBook(BaseModel):
+    """One offset's sub-portfolio after the round: it rebalances every hold_period hours, at its own hour."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    rebalanced: bool = Field(description="True when this round was the offset's rebalance hour.")
+    since: AwareDatetime | None = Field(description="The round its targets were chosen at; None before its first.")
+    targets: dict[Symbol, Decimal] = Field(max_length=MAX_SYMBOLS,
+                                           description="Symbol -> signed contracts this offset holds; exact.")
 
 
 class Coverage(BaseModel):
@@ -215,15 +251,24 @@ class Selection(Body):
     kind: ClassVar[str] = "selection"
     payload_frames: ClassVar[tuple[int, int]] = (3, 3)
     run_time: AwareDatetime
-    factor_column: str = Field(max_length=256)
+    factor_column: str = Field(max_length=256, description="The column the picks were ranked by (the long side's "
+                               "when the sides rank differently): the factor's, or the composite.")
+    ranked_by: dict[Literal["long", "short"], Annotated[str, StringConstraints(max_length=256)]] = Field(
+        {}, description="Each side's ranking column.")
+    factor_columns: list[Annotated[str, StringConstraints(max_length=256)]] = Field(
+        [], max_length=64, description="Every factor column ranked by, then the composite column(s).")
+    hold_period: str = Field("1H", max_length=16, description="How long each offset holds its picks.")
     long: list[Pick] = Field(max_length=MAX_SYMBOLS)
     short: list[Pick] = Field(max_length=MAX_SYMBOLS)
     shortfall: Shortfall | None = None
     coverage: Coverage
     incomplete: bool = Field(description="True when some symbols were missing at the deadline.")
     latency_ms: float | None = Field(None, description="Last ready marker to selection, milliseconds.")
-    targets: dict[Symbol, Decimal] = Field(max_length=MAX_SYMBOLS,
-                                           description="Symbol -> signed target contracts (long +, short -).")
+    targets: dict[Symbol, Decimal] = Field(
+        max_length=MAX_SYMBOLS,
+        description="Symbol -> signed target contracts (long +, short -): every offset's targets added, exactly.")
+    offsets: dict[Annotated[str, StringConstraints(pattern=r"^\d{1,4}$")], OffsetBook] = Field(
+        {}, max_length=MAX_OFFSETS, description="Offset (hour in the hold period) -> its sub-portfolio.")
     previous_run_time: AwareDatetime | None = Field(description="The round the previous targets are from.")
     previous: dict[Symbol, Decimal] = Field(max_length=MAX_SYMBOLS,
                                             description="Symbol -> signed targets of the previous round.")

@@ -6,6 +6,11 @@ its named column to the candle frame and returns the frame. Users' files from
 the original program work unchanged: a work directory's own ``factors/`` and
 ``filters/`` folders are searched first, then the built-in packages.
 
+Besides the candle file's columns, a plugin's frame has ``funding_rate``: the
+rate of the funding event settled at each candle's close, 0.0 where none was.
+The built-in ``FundingRate`` plugins read it; the market sends the funding
+history only when some configured plugin may read it (``needs_funding``).
+
 Every call into a plugin is guarded: an exception, a frame that lost rows or
 changed its closes, or a missing output column becomes a ``PluginError`` that
 names the plugin, so one bad symbol never stops a round.
@@ -24,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from shared.config import FactorSpec, FilterSpec
+    from shared.strategy import FactorSpec, FilterSpec
 
 Kind = Literal["factors", "filters"]
 _BUILTIN_ROOT = Path(__file__).resolve().parent.parent
@@ -121,8 +126,23 @@ class Calculator:
         return out
 
 
+FUNDING_PLUGINS = frozenset({("factors", "FundingRate"), ("filters", "FundingRate"), ("filters", "FundingRateMean")})
+"""The built-in plugins that read funding_rate."""
+
+
+def reads_funding(calculators: Sequence[Calculator]) -> bool:
+    """A built-in funding plugin, or a user's plugin (its code may read funding_rate) is among these."""
+    return any(not c.builtin or (c.kind, c.name) in FUNDING_PLUGINS for c in calculators)
+
+
+def needs_funding(factors: Sequence[FactorSpec], filters: Sequence[FilterSpec], workdir: Path | None = None) -> bool:
+    """``reads_funding`` for a config, without importing anyone's code (the market decides what to send by it)."""
+    calls: list[tuple[Kind, str]] = [("factors", f.name) for f in factors] + [("filters", f.name) for f in filters]
+    return any(call in FUNDING_PLUGINS or user_plugin(call[0], call[1], workdir) is not None for call in calls)
+
+
 def build_calculators(
-    factor: FactorSpec, filters: Sequence[FilterSpec], workdir: Path | None = None
+    factors: Sequence[FactorSpec], filters: Sequence[FilterSpec], workdir: Path | None = None
 ) -> list[Calculator]:
-    """The factor then the filters, in the article's order."""
-    return [Calculator.for_factor(factor, workdir)] + [Calculator.for_filter(f, workdir) for f in filters]
+    """The factors then the filters, in the article's order."""
+    return [Calculator.for_factor(f, workdir) for f in factors] + [Calculator.for_filter(f, workdir) for f in filters]

@@ -160,7 +160,8 @@ def test_a_config_with_wrong_json_types_names_each_field(workdir):
     (workdir / "factor_calc.json").write_text(json.dumps(raw))
     out = _alphabus("position", str(workdir))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-    for line in ('long_num: must be a whole JSON number such as 2, not "2"', 'capital_usdt: must be a JSON number',
+    for line in ('long_num: must be a whole number of coins such as 2 or a fraction of the pool in (0, 1] such as 0.1, '
+                 'not "2"', 'capital_usdt: must be a JSON number',
                  "debug: must be JSON true or false, not 1", 'factor.reverse: must be JSON true or false, not "yes"'):
         assert line in out.stderr, out.stderr
 

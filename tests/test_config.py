@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from shared.config import ARTICLE_PRE_FILTERS, ConfigError, load_config, parse_config
+from shared.config import ConfigError, load_config, parse_config
+from shared.strategy import ARTICLE_PRE_RULES
 from tests.reference import article_config
 
 
@@ -16,7 +17,9 @@ def test_article_config_loads_with_article_defaults(tmp_path):
     assert cfg.factor.column == "MtmAtrMean_bh_120"
     assert cfg.factor.reverse is True
     assert [f.column for f in cfg.filters] == ["ChgPctMax_fl_24", "Volume_fl_24"]
-    assert cfg.pre_filters == ARTICLE_PRE_FILTERS
+    assert cfg.pre_filters == ARTICLE_PRE_RULES
+    assert [r.as_list() for r in cfg.pre_filters] == [["ChgPctMax", 24, "val:<=0.2", True],
+                                                     ["Volume", 24, "rank:<=60", False]]
     assert cfg.timezone == "Asia/Hong_Kong"
     assert (cfg.long_num, cfg.short_num, cfg.min_candle_num, cfg.capital_usdt) == (2, 8, 999, 1000)
 
@@ -41,14 +44,21 @@ def test_unknown_plugins_list_what_exists():
     with pytest.raises(ConfigError) as e:
         parse_config(article_config("x", factor=["NoSuch", True, 10, 0, 1], filters=[["Nope", 3]]))
     text = str(e.value)
-    assert "factor.name: no factor plugin 'NoSuch'; available: MtmAtrMean" in text
-    assert "filters.0.name: no filter plugin 'Nope'; available: ChgPctMax, Volume" in text
+    assert "factor.name: no factor plugin 'NoSuch'; available: FundingRate, MtmAtrMean, PctChange" in text
+    assert "filters.0.name: no filter plugin 'Nope'; available: ChgPctMax, FundingRate, FundingRateMean, Volume" in text
 
 
-def test_pre_filter_columns_must_exist():
+def test_a_rule_naming_no_plugin_names_the_rule_and_the_plugins():
     with pytest.raises(ConfigError) as e:
-        parse_config(article_config("x", filters=[["ChgPctMax", 48], ["Volume", 24]]))
-    assert "pre_filters.0.column: 'ChgPctMax_fl_24' is not a configured factor or filter column" in str(e.value)
+        parse_config(article_config("x", pre_filters=[["ChgPctMx", 24, "val:<=0.2"]]))
+    assert ('pre_filters.0.0: the rule ["ChgPctMx", 24, "val:<=0.2", true] names no filter plugin \'ChgPctMx\' '
+            "(it would read column 'ChgPctMx_fl_24'); available: ChgPctMax, FundingRate, FundingRateMean, "
+            "Volume") in str(e.value)
+
+
+def test_a_rule_on_a_filter_not_listed_computes_that_filter():
+    cfg = parse_config(article_config("x", filters=[["ChgPctMax", 48], ["Volume", 24]]))
+    assert cfg.filter_columns == ["ChgPctMax_fl_48", "Volume_fl_24", "ChgPctMax_fl_24"]
 
 
 def test_bad_interval_and_timezone_are_named():
@@ -81,9 +91,12 @@ def test_cli_reports_invalid_config_with_exit_code_2(tmp_path, capsys):
 
 
 STRICT_MISTAKES = [
-    ({"long_num": "2"}, 'long_num: must be a whole JSON number such as 2, not "2"'),
-    ({"long_num": True}, "long_num: must be a whole JSON number such as 2, not true"),
-    ({"short_num": 8.0}, "short_num: must be a whole JSON number such as 2, not 8.0"),
+    ({"long_num": "2"}, 'long_num: must be a whole number of coins such as 2 or a fraction of the pool in (0, 1] '
+                        'such as 0.1, not "2"'),
+    ({"long_num": True}, "long_num: must be a whole number of coins such as 2 or a fraction of the pool in (0, 1] "
+                         "such as 0.1, not true"),
+    ({"short_num": 8.0}, "short_num: a fraction of the pool must be in (0, 1], such as 0.1, not 8.0; write a whole "
+                         "number such as 2 for a fixed count"),
     ({"min_candle_num": "999"}, 'min_candle_num: must be a whole JSON number such as 2, not "999"'),
     ({"capital_usdt": "1000"}, 'capital_usdt: must be a JSON number such as 1000, not "1000"'),
     ({"bmac_expire_sec": True}, "bmac_expire_sec: must be a JSON number such as 1000, not true"),
@@ -93,8 +106,8 @@ STRICT_MISTAKES = [
     ({"factor": ["MtmAtrMean", 1, 120, 0, 1]}, "factor.reverse: must be JSON true or false, not 1"),
     ({"factor": ["MtmAtrMean", True, "120", 0, 1]}, 'factor.back_hour: must be a JSON number such as 120, not "120"'),
     ({"factor": ["MtmAtrMean", True, 120, False, 1]}, "factor.d_num: must be a JSON number such as 120, not false"),
-    ({"pre_filters": [{"column": "ChgPctMax_fl_24", "max": "0.2"}]},
-     'pre_filters.0.max: must be a JSON number such as 1000, not "0.2"'),
+    ({"pre_filters": [["ChgPctMax", 24, "val:<=0.2", "no"]]},
+     'pre_filters.0.3: must be JSON true or false, not "no"'),
 ]
 
 

@@ -43,7 +43,7 @@ def assert_close(actual: pd.Series, expected: pd.Series) -> None:
 
 
 def check_plugins(df: pd.DataFrame, back_hour: int, n: int) -> None:
-    calcs = build_calculators(FactorSpec.model_validate(["MtmAtrMean", True, back_hour, 0, 1]),
+    calcs = build_calculators([FactorSpec.model_validate(["MtmAtrMean", True, back_hour, 0, 1])],
                               [FilterSpec.model_validate(["ChgPctMax", n]), FilterSpec.model_validate(["Volume", n])])
     out = df.copy()
     for c in calcs:
@@ -116,3 +116,34 @@ def test_plugin_contract_violations_become_named_errors(signal, message):
     with pytest.raises(PluginError, match=message) as e:
         _calc(signal)(synthetic_candles(30, 1))
     assert "X_fl_1" in str(e.value)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("n", [1, 6, 24, 120])
+def test_pct_change_and_funding_plugins_match_their_formulas(seed, n):
+    df = synthetic_candles(600, seed)
+    rng = np.random.default_rng(seed)
+    df["funding_rate"] = np.where(rng.random(len(df)) < 0.3, rng.normal(0.0001, 0.0003, len(df)), 0.0)
+    out = df.copy()
+    for calc in build_calculators(
+            [FactorSpec.model_validate(["PctChange", True, n, 0, 1]),
+             FactorSpec.model_validate(["FundingRate", False, n, 0, 1])],
+            [FilterSpec.model_validate(["FundingRate", n]), FilterSpec.model_validate(["FundingRateMean", n])]):
+        out = calc(out)
+    close, rate = df["close"].to_numpy(), df["funding_rate"].to_numpy()
+    change = np.r_[np.full(n, np.nan), close[n:] / close[:-n] - 1]
+    window_sum = np.array([rate[max(0, i - n + 1): i + 1].sum() for i in range(len(rate))])
+    window_len = np.minimum(np.arange(1, len(rate) + 1), n)
+    assert_close(out[f"PctChange_bh_{n}"], pd.Series(change))
+    np.testing.assert_allclose(out[f"FundingRate_bh_{n}"], window_sum, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(out[f"FundingRate_fl_{n}"], window_sum, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(out[f"FundingRateMean_fl_{n}"], window_sum / window_len, rtol=1e-9, atol=1e-15)
+
+
+def test_pct_change_with_diff_applies_add_diff():
+    df = synthetic_candles(300, 4)
+    out = Calculator.for_factor(FactorSpec.model_validate(["PctChange", True, 24, 0.5, 1]))(df.copy())
+    raw = (df["close"] / df["close"].shift(24) - 1).to_numpy()
+    diffed = np.convolve(raw, fdiff_coef(0.5, 10), mode="valid")
+    expected = np.nan_to_num(np.concatenate([np.zeros(len(raw) - len(diffed)), diffed]), nan=0)
+    np.testing.assert_allclose(out["PctChange_bh_24_diff_0.5"], expected, rtol=1e-9)

@@ -115,8 +115,8 @@ def test_msgpack_bombs_are_bad_messages(frames):
 
 UNIVERSE = ["AUSDT", "BUSDT", "CUSDT", "DUSDT", "EUSDT", "FUSDT"]
 CFG = parse_config(article_config("/nonexistent", long_num=1, short_num=1, min_candle_num=1,
-                                  pre_filters=[{"column": "ChgPctMax_fl_24", "max": 0.2}]))
-COLUMNS = ["symbol", "close", *CFG.factor_columns, "candle_begin_time"]
+                                  pre_filters=[["ChgPctMax", 24, "val:<=0.2"]]))
+COLUMNS = ["symbol", "close", *CFG.columns, "candle_begin_time"]
 TYPES = [pa.string(), pa.large_string(), pa.float64(), pa.int64(), pa.float32(), pa.bool_(),
          pa.timestamp("ms", tz="UTC")]
 

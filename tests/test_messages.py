@@ -152,11 +152,11 @@ def test_a_peer_repeating_a_bad_message_cannot_flood_the_log(caplog):
 def test_the_readme_documents_every_selection_field():
     from pathlib import Path
 
-    from shared.messages import Coverage, Pick, Selection, Shortfall
+    from shared.messages import Coverage, OffsetBook, Pick, Selection, Shortfall
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     contract = readme[readme.index("## The executor contract"):]
-    for model in (Header, Selection, Pick, Coverage, Shortfall):
+    for model in (Header, Selection, Pick, Coverage, Shortfall, OffsetBook):
         for name in model.model_fields:
             assert f"`{name}`" in contract, f"{model.__name__}.{name} is not documented in the README"
 

@@ -8,17 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.position.select import (
-    apply_pre_filters,
-    drop_non_finite,
-    round_to_tick,
-    select_sides,
-    size_side,
-)
-from shared.config import ARTICLE_PRE_FILTERS, PreFilterRule
+from services.position.select import drop_non_finite, round_to_tick, size_side
+from services.position.strategy import apply_rules, pick_sides
+from shared.strategy import ARTICLE_PRE_RULES, FilterRule
 from tests import reference as ref
 
 COLS = ["MtmAtrMean_bh_120", "ChgPctMax_fl_24", "Volume_fl_24"]
+
+
+def select_sides(pool: pd.DataFrame, factor: str, ascending: bool, long_num: int, short_num: int):
+    """The article's select_coin through the core: one shared ordering, indexed as the article's ignore_index."""
+    ordered = pool.sort_values(factor, ascending=ascending, ignore_index=True)
+    return pick_sides(ordered, ordered, long_num, short_num, shared_pool=True)
 
 
 def _pool(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -46,17 +47,17 @@ def _pool(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_matches_the_article_when_the_pool_is_large_enough(seed, n):
     df, exg = _pool(n, seed)
     ref_pool = ref.filter_before(ref.filiter_nan_inf(df, COLS))
-    ours_pool = apply_pre_filters(drop_non_finite(df, COLS), ARTICLE_PRE_FILTERS)
+    ours_pool = apply_rules(drop_non_finite(df, COLS), ARTICLE_PRE_RULES)
     pd.testing.assert_frame_equal(ours_pool, ref_pool)
     if len(ref_pool) < 10:
         return
     ref_long, ref_short = ref.select_coin(ref_pool, COLS[0], True, 2, 8)
     ref_long, ref_short = ref.assign_position(ref_long, ref_short, exg, 1000, 2, 8)
-    sides = select_sides(ours_pool, COLS[0], True, 2, 8)
-    assert not sides.shortfall
+    long, short, shortfall = select_sides(ours_pool, COLS[0], True, 2, 8)
+    assert not shortfall
     faces = exg["face_value"].to_dict()
-    pd.testing.assert_frame_equal(size_side(sides.long, 1000, 2, faces), ref_long)
-    pd.testing.assert_frame_equal(size_side(sides.short, 1000, 8, faces), ref_short)
+    pd.testing.assert_frame_equal(size_side(long, 1000, 2, faces), ref_long)
+    pd.testing.assert_frame_equal(size_side(short, 1000, 8, faces), ref_short)
 
 
 def test_small_pool_never_puts_a_coin_on_both_sides():
@@ -64,23 +65,23 @@ def test_small_pool_never_puts_a_coin_on_both_sides():
     pool = df.dropna().head(5)
     ref_long, ref_short = ref.select_coin(pool, COLS[1], True, 2, 8)
     assert set(ref_long["symbol"]) & set(ref_short["symbol"])  # the article's bug, reproduced
-    sides = select_sides(pool, COLS[1], True, 2, 8)
-    assert sides.shortfall and sides.pool == 5
-    assert not set(sides.long["symbol"]) & set(sides.short["symbol"])
-    assert (len(sides.long), len(sides.short)) == (1, 4)  # proportional shares, rounded down
+    long, short, shortfall = select_sides(pool, COLS[1], True, 2, 8)
+    assert shortfall and len(pool) == 5
+    assert not set(long["symbol"]) & set(short["symbol"])
+    assert (len(long), len(short)) == (1, 4)  # proportional shares, rounded down
     ordered = pool.sort_values(COLS[1])["symbol"].tolist()
-    assert sides.short["symbol"].tolist() == ordered[:4] and sides.long["symbol"].tolist() == ordered[-1:]
+    assert short["symbol"].tolist() == ordered[:4] and long["symbol"].tolist() == ordered[-1:]
 
 
 @pytest.mark.parametrize("long_num, short_num, n", [(0, 8, 20), (2, 0, 20), (2, 8, 0), (0, 0, 5)])
 def test_empty_sides_do_not_crash(long_num, short_num, n):
     df, exg = _pool(max(n, 1), 2)
     pool = df.head(n).dropna()
-    sides = select_sides(pool, COLS[2], False, long_num, short_num)
+    long, short, shortfall = select_sides(pool, COLS[2], False, long_num, short_num)
     faces = exg["face_value"].to_dict()
-    long = size_side(sides.long, 1000, long_num, faces)
-    short = size_side(sides.short, 1000, short_num, faces)
-    assert len(long) == min(long_num, len(pool)) or sides.shortfall
+    long = size_side(long, 1000, long_num, faces)
+    short = size_side(short, 1000, short_num, faces)
+    assert len(long) == min(long_num, len(pool)) or shortfall
     assert {"position", "pos_val"} <= set(long.columns) and {"position", "pos_val"} <= set(short.columns)
 
 
@@ -106,9 +107,10 @@ def test_decimal_text_keeps_the_lot_size_scale():
 def test_pre_filters_are_data():
     df, _ = _pool(100, 3)
     df = drop_non_finite(df, COLS)
-    rules = (PreFilterRule(column=COLS[1], min=0.05, max=0.3),
-             PreFilterRule(column=COLS[2], rank="ascending", max=10))
-    out = apply_pre_filters(df, rules)
+    lo, rank = (FilterRule.model_validate([c.split("_fl_")[0], c.split("_fl_")[1], r]) for c, r in
+                ((COLS[1], "val:>=0.05"), (COLS[2], "rank:<=10")))
+    hi = FilterRule.model_validate([COLS[1].split("_fl_")[0], COLS[1].split("_fl_")[1], "val:<=0.3"])
+    out = apply_rules(df, (lo, hi, rank))
     manual = df[df[COLS[1]].between(0.05, 0.3)].copy()
     manual[f"{COLS[2]}_rank"] = manual[COLS[2]].rank(method="first", ascending=True)
     manual = manual[manual[f"{COLS[2]}_rank"] <= 10]
@@ -116,6 +118,52 @@ def test_pre_filters_are_data():
     assert len(out) == 10
 
 
-def test_a_rule_needs_a_bound():
-    with pytest.raises(ValueError, match="min, max or both"):
-        PreFilterRule(column="x")
+def test_a_round_with_separate_sides_reports_each_side_and_nets_a_coin_on_both():
+    """build_selection on a gathered round: each side its own ranking and pool, as the reference picks them."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from services.position.rounds import RoundState, build_selection
+    from shared.config import SelectorConfig
+    from shared.messages import FactorResults, RoundOpen, SymbolSpec
+    from tests.reference import article_config
+    from tests.strategy_reference import reference_hour
+
+    rng = np.random.default_rng(9)
+    n = 30
+    symbols = [f"S{i:02d}USDT" for i in range(n)]
+    frame = pd.DataFrame({"symbol": symbols, "close": rng.lognormal(0, 1, n),
+                          "A_bh_1": rng.normal(size=n), "B_bh_1": rng.normal(size=n),
+                          "Volume_fl_24": rng.lognormal(10, 1, n), "ChgPctMax_fl_24": rng.uniform(0, 0.3, n)})
+    raw = article_config("unused", factor=["A", True, 1, 0, 1],
+                         long_factors=[["A", True, 1, 0, 1], ["B", False, 1, 0, 3]],
+                         short_factors=[["B", True, 1, 0, 1]], pre_filters=[["ChgPctMax", 24, "val:<=0.25"]],
+                         short_pre_filters=[["Volume", 24, "rank:<=5", False]], long_num=0.5, short_num=8)
+    cfg = SelectorConfig.model_validate(raw)
+    run_time = datetime(2024, 3, 1, 5, tzinfo=UTC)
+    lots = {s: Decimal("0.01") for s in symbols}
+    state = RoundState(open=RoundOpen(run_time=run_time, interval="1h", funding={}, expire_sec=30,
+                                      symbols=[SymbolSpec(symbol=s, face_value=lots[s]) for s in symbols]))
+    state.add_results(FactorResults(run_time=run_time, shard="0/1", symbols=symbols, last_ready_at=None),
+                      pa.Table.from_pandas(frame, preserve_index=False))
+    built = build_selection(cfg, state, flag_incomplete=True)
+    sel = built.selection
+    long, short = reference_hour(frame, lots, raw, 1000)
+    assert [p.symbol for p in sel.long] == long["symbol"].tolist()
+    assert [p.position for p in sel.long] == long["position"].tolist()
+    assert [p.symbol for p in sel.short] == short["symbol"].tolist()
+    assert sel.ranked_by == {"long": "long_composite", "short": "B_bh_1"} and sel.factor_column == "long_composite"
+    assert sel.factor_columns == ["A_bh_1", "B_bh_1", "long_composite"]
+    assert all(p.factor == p.factors["long_composite"] for p in sel.long)
+    assert all(p.factor == p.factors["B_bh_1"] and "long_composite" not in p.factors for p in sel.short)
+    assert "long_composite" in built.factor_table.column_names and "short_composite" not in built.factors
+    long_pool = frame[frame["ChgPctMax_fl_24"] <= 0.25]
+    assert sel.shortfall is not None and sel.shortfall.pool == len(long_pool) == sel.shortfall.long_pool
+    assert (sel.shortfall.short_pool, sel.shortfall.short_got, sel.shortfall.short_wanted) == (5, 5, 8)
+    both = {p.symbol for p in sel.long} & {p.symbol for p in sel.short}
+    assert both, "this seed is meant to put a coin on both sides"
+    for s in both:  # nets out
+        assert sel.targets[s] == next(p.position for p in sel.long if p.symbol == s) - next(
+            p.position for p in sel.short if p.symbol == s)
+    assert sel.offsets.keys() == {"0"} and sel.offsets["0"].targets == sel.targets and sel.hold_period == "1H"

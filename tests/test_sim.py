@@ -275,16 +275,20 @@ def test_replay_exginfo_is_the_exchanges_rules(tmp_path, replay):
 
 
 def test_replay_funding_comes_from_the_file(replay):
+    """The crawler's history file: the events of the last ``history`` hours up to run_time, oldest first,
+    each stamped at its hour (the data set's times are a few ms after it)."""
     assert replay.funding(0).empty  # the funding file starts in 2026-01, after hour 0
-    k = replay.hours - 1
-    run_ms = int(replay.run_time(k).timestamp() * 1000)
-    events = pd.read_parquet(DATA / ReplayMarket.FUNDING).sort_values("timestamp")
-    expected = events[events["timestamp"] <= run_ms].groupby("symbol").last()
-    funding = replay.funding(k).set_index("symbol")
-    assert sorted(funding.index) == sorted(expected.index)
-    np.testing.assert_array_equal(funding["fundingRate"], expected.loc[funding.index, "funding_rate"])
-    times_ms = funding["time"].astype("int64") // 1000
-    np.testing.assert_array_equal(times_ms, expected.loc[funding.index, "timestamp"])
+    events = pd.read_parquet(DATA / ReplayMarket.FUNDING)
+    for k in (replay.hours - 1, replay.hours - 700):
+        run = pd.Timestamp(replay.run_time(k))
+        hour = pd.to_datetime(events["timestamp"], unit="ms", utc=True).dt.floor("h")
+        kept = events[(hour <= run) & (hour > run - pd.Timedelta(hours=replay.history))].assign(hour=hour)
+        expected = kept.sort_values(["hour", "symbol"]).reset_index(drop=True)
+        funding = replay.funding(k)
+        assert len(funding) == len(expected) > 0 and funding["time"].is_monotonic_increasing
+        assert funding["symbol"].tolist() == expected["symbol"].tolist()
+        np.testing.assert_array_equal(funding["fundingRate"], expected["funding_rate"])
+        assert (funding["time"] == expected["hour"]).all()
 
 
 def test_run_replays_until_the_data_ends(tmp_path, replay, caplog):

@@ -9,6 +9,11 @@ Two ways to compute the row, chosen once per worker:
 
 Both return the same one-row Arrow table: the newest candle's columns, then
 ``symbol``, then the factor and filter columns.
+
+Funding events the market sent with the candles become a ``funding_rate``
+column (``funding_column``) that plugins and kernels read (replacing a column
+of that name in the file, if any); it is not part of the published row, which
+keeps the crawler's columns.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from services.factor.kernels import Kernel, kernel_for
+from services.factor.kernels import FUNDING_RATE, Kernel, kernel_for
 from shared.bmac import BadCandles, check_candle_table, max_file_bytes, read_candle_table
 from shared.messages import Skip
-from shared.plugins import Calculator, PluginError
+from shared.plugins import Calculator, PluginError, reads_funding
 
 
 class Skipped(Exception):
@@ -52,48 +58,85 @@ def _usable_table(data: bytes | memoryview, source: str, symbol: str, min_candle
     return table.replace_schema_metadata(None)
 
 
+HOUR_MS = 3_600_000
+Funding = tuple[np.ndarray, np.ndarray]
+"""One symbol's funding events: times (ms since the epoch, strictly increasing) and rates."""
+NO_FUNDING: Funding = (np.empty(0, np.int64), np.empty(0, np.float64))
+
+
+def candle_begin_ms(table: pa.Table) -> np.ndarray:
+    """candle_begin_time as int64 ms since the epoch, whatever unit the file stores."""
+    return table["candle_begin_time"].to_numpy().astype("datetime64[ms]").astype(np.int64)
+
+
+def funding_column(begin_ms: np.ndarray, funding: Funding, interval_ms: int = HOUR_MS) -> np.ndarray:
+    """Each candle's funding rate: that of the event whose time is the candle's close (begin + interval), else 0.0.
+
+    A funding event is settled at an hour boundary and the crawler stamps it there, so the candle that
+    closes at that instant is the one that pays it; every other candle pays nothing.
+    """
+    times, rates = funding
+    out = np.zeros(len(begin_ms), dtype=np.float64)
+    if len(times) and len(begin_ms):
+        close = begin_ms + interval_ms
+        at = np.minimum(np.searchsorted(times, close), len(times) - 1)
+        hit = times[at] == close
+        out[hit] = rates[at[hit]]
+    return out
+
+
 class PluginRows:
     """The article's way: every plugin on the whole frame, keep the newest row."""
 
-    def __init__(self, calculators: Sequence[Calculator]):
+    def __init__(self, calculators: Sequence[Calculator], interval_ms: int = HOUR_MS):
         self.calculators = list(calculators)
+        self.interval_ms = interval_ms
 
-    def __call__(self, table: pa.Table, symbol: str) -> pa.Table:
+    def __call__(self, table: pa.Table, symbol: str, funding: Funding = NO_FUNDING) -> pa.Table:
         df = table.to_pandas()
         df["symbol"] = symbol
+        df[FUNDING_RATE] = funding_column(candle_begin_ms(table), funding, self.interval_ms)
         try:
             for calc in self.calculators:
                 df = calc(df)
         except PluginError as e:
             raise Skipped(Skip(symbol=symbol, reason="error", detail=str(e))) from None
-        return pa.Table.from_pandas(df.iloc[[-1]], preserve_index=False).replace_schema_metadata(None)
+        row = df.iloc[[-1]].drop(columns=[FUNDING_RATE], errors="ignore")  # plugins' input, not published
+        return pa.Table.from_pandas(row, preserve_index=False).replace_schema_metadata(None)
 
 
 class KernelRows:
     """The fast path: the newest factor values straight from the columns."""
 
-    def __init__(self, columns: list[str], kernels: list[Kernel]):
+    def __init__(self, columns: list[str], kernels: list[Kernel], funding: bool = False, interval_ms: int = HOUR_MS):
+        """``funding``: some kernel reads the funding_rate column, so it is aligned for each symbol."""
         self.columns, self.kernels = columns, kernels
+        self.funding, self.interval_ms = funding, interval_ms
         self._added = [pa.field("symbol", pa.large_string()), *(pa.field(c, pa.float64()) for c in columns)]
 
     @classmethod
-    def for_calculators(cls, calculators: Sequence[Calculator]) -> KernelRows | None:
+    def for_calculators(cls, calculators: Sequence[Calculator], interval_ms: int = HOUR_MS) -> KernelRows | None:
         """Only when every plugin is a built-in one with a kernel (a user's file always runs as written)."""
         kernels = [kernel_for(c.kind, c.name, c.args) if c.builtin else None for c in calculators]
         if any(k is None for k in kernels):
             return None
-        return cls([c.column for c in calculators], kernels)  # type: ignore[arg-type]
+        return cls([c.column for c in calculators], kernels,  # type: ignore[arg-type]
+                   funding=reads_funding(calculators), interval_ms=interval_ms)
 
-    def __call__(self, table: pa.Table, symbol: str) -> pa.Table:
+    def __call__(self, table: pa.Table, symbol: str, funding: Funding = NO_FUNDING) -> pa.Table:
         arrays = {c: table[c].to_numpy() for c in ("close", "high", "low", "quote_volume")}
+        if self.funding:
+            arrays[FUNDING_RATE] = funding_column(candle_begin_ms(table), funding, self.interval_ms)
         row = table.slice(table.num_rows - 1, 1)
         added = [pa.array([symbol], pa.large_string())]
         added += [pa.array([kernel(arrays)], pa.float64(), from_pandas=True) for kernel in self.kernels]
         return pa.Table.from_arrays([*row.columns, *added], schema=pa.schema([*row.schema, *self._added]))
 
 
-def row_builder(calculators: Sequence[Calculator], fast: bool = True) -> PluginRows | KernelRows:
-    return (KernelRows.for_calculators(calculators) if fast else None) or PluginRows(calculators)
+def row_builder(calculators: Sequence[Calculator], fast: bool = True,
+                interval_ms: int = HOUR_MS) -> PluginRows | KernelRows:
+    return ((KernelRows.for_calculators(calculators, interval_ms) if fast else None)
+            or PluginRows(calculators, interval_ms))
 
 
 def read_shared_file(path: str, symbol: str, limit: int | None = None) -> pa.Buffer:
@@ -124,9 +167,9 @@ def check_size(data: bytes | memoryview | pa.Buffer, source: str, symbol: str, l
 
 
 def factor_row(data: bytes | memoryview, source: str, symbol: str, build: PluginRows | KernelRows,
-               min_candle_num: int, closed_candle_begin: datetime) -> pa.Table:
+               min_candle_num: int, closed_candle_begin: datetime, funding: Funding = NO_FUNDING) -> pa.Table:
     """The newest candle's row with every factor and filter column, as a one-row table."""
     table = _usable_table(data, source, symbol, min_candle_num, closed_candle_begin)
-    return build(table, symbol)
+    return build(table, symbol, funding)
 
 

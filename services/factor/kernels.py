@@ -1,9 +1,10 @@
-"""The built-in factors' newest values, computed directly: the fast path.
+"""The built-in plugins' newest values, computed directly: the fast path.
 
 Only the newest candle's row is ever published, so these compute that one
 value from arrays instead of whole columns. They reproduce the plugins'
 pandas and TA-Lib arithmetic (tests hold them to 1e-9 relative on synthetic
-and real candles over a grid of parameters); the plugins stay the reference
+and real candles over a grid of parameters, funding sums, which can cancel to
+~0, also to 1e-15 absolute); the plugins stay the reference
 and the way users add factors. TA-Lib's ATR is Wilder's recursion seeded with
 the mean of the first n true ranges; its newest value is a weighted sum of the
 seed and the later true ranges, which is what ``atr_last`` evaluates.
@@ -17,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 
 Arrays = dict[str, np.ndarray]
+FUNDING_RATE = "funding_rate"
+"""The column the factor worker aligns funding events into (see ``compute.funding_column``)."""
 
 
 @lru_cache(maxsize=64)
@@ -70,23 +73,53 @@ def chg_pct_max(a: Arrays, n: int) -> float:
     return np.nan if np.isnan(pct).any() else float(pct.max())
 
 
-def volume(a: Arrays, n: int) -> float:
-    """Volume: quote volume summed over the last n candles (rolling(n, min_periods=1).sum())."""
-    window = a["quote_volume"][-n:]
+def _tail_sum(values: np.ndarray, n: int) -> float:
+    """pandas rolling(n, min_periods=1).sum() at the last element: NaN-skipping, NaN when all are."""
+    window = values[-n:]
     ok = ~np.isnan(window)
     return float(window[ok].sum()) if ok.any() else np.nan
 
 
+def volume(a: Arrays, n: int) -> float:
+    """Volume: quote volume summed over the last n candles (rolling(n, min_periods=1).sum())."""
+    return _tail_sum(a["quote_volume"], n)
+
+
+def pct_change(a: Arrays, n: int) -> float:
+    """PctChange: the close's change over n candles (pct_change(n); NaN while fewer than n + 1 candles)."""
+    close = a["close"]
+    return float(close[-1] / close[-1 - n] - 1) if len(close) > n else np.nan
+
+
+def funding_sum(a: Arrays, n: int) -> float:
+    """FundingRate: funding_rate summed over the last n candles (rolling(n, min_periods=1).sum())."""
+    return _tail_sum(a[FUNDING_RATE], n)
+
+
+def funding_mean(a: Arrays, n: int) -> float:
+    """FundingRateMean: funding_rate averaged over the last n candles (rolling(n, min_periods=1).mean())."""
+    return _tail_mean(a[FUNDING_RATE], n)
+
+
 Kernel = Callable[[Arrays], float]
+_FACTORS: dict[str, Callable[[Arrays, int], float]] = {
+    "MtmAtrMean": mtm_atr_mean, "PctChange": pct_change, "FundingRate": funding_sum}
+_FILTERS: dict[str, Callable[[Arrays, int], float]] = {
+    "ChgPctMax": chg_pct_max, "Volume": volume, "FundingRate": funding_sum, "FundingRateMean": funding_mean}
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def kernel_for(kind: str, name: str, args: tuple) -> Kernel | None:
-    """The fast kernel for a built-in plugin call, or None where only the plugin can compute it."""
-    if kind == "factors" and name == "MtmAtrMean":
+    """The fast kernel for a built-in plugin call, or None where only the plugin can compute it
+    (a fractional difference, a parameter that is not a positive whole number)."""
+    if kind == "factors" and name in _FACTORS:
         back_hour, d_num = args
-        return None if d_num != 0 else (lambda a: mtm_atr_mean(a, back_hour))
-    if kind == "filters" and name == "ChgPctMax" and isinstance(args[0], int):
-        return lambda a: chg_pct_max(a, args[0])
-    if kind == "filters" and name == "Volume" and isinstance(args[0], int):
-        return lambda a: volume(a, args[0])
+        fn = _FACTORS[name]
+        return (lambda a: fn(a, back_hour)) if d_num == 0 and _positive_int(back_hour) else None
+    if kind == "filters" and name in _FILTERS and _positive_int(args[0]):
+        fn, n = _FILTERS[name], args[0]
+        return lambda a: fn(a, n)
     return None

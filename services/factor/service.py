@@ -14,10 +14,20 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import zmq
 
-from services.factor.compute import PluginRows, Skipped, check_size, factor_row, read_shared_file, row_builder
+from services.factor.compute import (
+    NO_FUNDING,
+    Funding,
+    PluginRows,
+    Skipped,
+    check_size,
+    factor_row,
+    read_shared_file,
+    row_builder,
+)
 from shared import bus, security
 from shared.bmac import max_file_bytes
 from shared.clock import parse_interval
@@ -42,13 +52,20 @@ class RoundTally:
         self.compute_ms = 0.0
 
 
+def _funding(body: Candles) -> Funding:
+    if not body.funding_times:
+        return NO_FUNDING
+    return np.asarray(body.funding_times, np.int64), np.asarray(body.funding_rates, np.float64)
+
+
 class FactorWorker:
     def __init__(self, cfg: SelectorConfig, workdir: Path, shard: bus.Shard,
                  sub: zmq.Socket, out: zmq.Socket, stop: StopFlag, fast: bool = True):
         self.cfg = cfg
         self.shard = shard
         self.interval = parse_interval(cfg.interval)
-        self.build = row_builder(build_calculators(cfg.factor, cfg.filters, workdir), fast=fast)
+        self.build = row_builder(build_calculators(cfg.factor_specs, cfg.all_filters, workdir), fast=fast,
+                                 interval_ms=int(self.interval.total_seconds() * 1000))
         log.info("factor rows by the %s", "built-in kernels (fast path)" if not isinstance(
             self.build, PluginRows) else "plugins' signal functions")
         self.sub, self.out, self.stop = sub, out, stop
@@ -102,7 +119,7 @@ class FactorWorker:
                         data = env.payloads[0] if env.payloads else b""
                         check_size(data, body.path, body.symbol, self.max_file_bytes)
                     rows.append(factor_row(data, body.path, body.symbol, self.build,
-                                           self.cfg.min_candle_num, closed_begin))
+                                           self.cfg.min_candle_num, closed_begin, _funding(body)))
                     symbols.append(body.symbol)
                 except Skipped as s:
                     skipped.append(s.skip)

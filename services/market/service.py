@@ -4,9 +4,11 @@ Role: XPUB bound at ALPHABUS_MARKET_PUB. Each round it waits for the crawler's
 exginfo and funding markers, announces the round (universe, lot sizes,
 funding), then publishes each symbol's feather bytes the moment that symbol's
 ready marker appears, so factor workers compute while the crawler still
-writes. It owns the clock: ``wall`` rounds start at wall-clock boundaries,
-``follow`` rounds run every hour the crawler writes, in order (the simulator's
-accelerated clock), ``--run-time`` runs one given round.
+writes. When a configured plugin may read funding, each symbol's funding
+events inside its candle file's span travel with its candles. It owns the
+clock: ``wall`` rounds start at wall-clock boundaries, ``follow`` rounds run
+every hour the crawler writes, in order (the simulator's accelerated clock),
+``--run-time`` runs one given round.
 
 No hour is lost silently: a round the market cannot run (no exginfo in time, the
 market down at the boundary, files the crawler already overwrote) is announced
@@ -27,21 +29,35 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import zmq
 
 from services.market.feeds import DirectoryFeed, ReplayFeed
 from services.market.subscribers import Subscriptions
 from shared import bus, security
-from shared.bmac import BmacDir, lot_sizes
+from shared.bmac import BmacDir, FundingEvents, first_candle_begin_ms, funding_events, lot_sizes
 from shared.clock import boundaries_between, latest_boundary, next_boundary, parse_interval, ready_stamp, zone
 from shared.config import SelectorConfig, resolve_bmac_dir
 from shared.durable import write_atomic
-from shared.messages import Candles, Envelope, Heartbeat, Missed, RoundClosed, RoundOpen, Selection, SymbolSpec
+from shared.messages import (
+    MAX_FUNDING_EVENTS,
+    Candles,
+    Envelope,
+    Heartbeat,
+    Missed,
+    RoundClosed,
+    RoundOpen,
+    Selection,
+    SymbolSpec,
+)
+from shared.plugins import needs_funding
 from shared.service import POLL_MS, HeartbeatTimer, StopFlag
 
 log = logging.getLogger("market")
 Clock = Literal["wall", "follow"]
 REJOIN_WAIT_SEC = 3.0
+LOST_AFTER_SEC = 2.0
+"""After announcing a round, how long before a position heartbeat that knows nothing of it means it was lost."""
 REPLAY_IN_FLIGHT = 4
 REPLAY_STALL_SEC = 30.0
 STATE_FILE = "market.json"
@@ -59,8 +75,9 @@ def _funding(df) -> dict[str, float | None]:
     """Latest funding rate per symbol (the file may hold history, oldest first)."""
     if df.empty or "symbol" not in df or "fundingRate" not in df:
         return {}
-    latest = df.groupby("symbol", sort=False)["fundingRate"].last()
-    return {str(s): (None if not math.isfinite(r) else float(r)) for s, r in latest.items()}
+    latest = df.drop_duplicates("symbol", keep="last")
+    return {str(s): (None if not math.isfinite(r) else float(r))
+            for s, r in zip(latest["symbol"].tolist(), latest["fundingRate"].tolist(), strict=True)}
 
 
 @dataclass
@@ -71,15 +88,17 @@ class Announced:
     deadline: float  # monotonic: when the market stops waiting for the crawler
     published: list[str] = field(default_factory=list)
     closed: RoundClosed | None = None
+    announced_at: float = field(default_factory=time.monotonic)
+    lost_since: float | None = None  # when a position heartbeat first showed it knows nothing of this round
 
 
 class Market:
     def __init__(self, cfg: SelectorConfig, sock: zmq.Socket, stop: StopFlag, await_subscribers: float,
                  feed: DirectoryFeed | ReplayFeed | None = None, send_paths: bool = False,
-                 state_dir: Path | None = None, progress: zmq.Socket | None = None):
+                 state_dir: Path | None = None, progress: zmq.Socket | None = None, workdir: Path | None = None):
         """``state_dir``: where the last hour run is kept; ``progress``: a SUB to the position service's
         selections and heartbeats (how the market knows a round came back, or a restarted position
-        service needs it again)."""
+        service needs it again); ``workdir``: whose plugins may read funding."""
         self.cfg = cfg
         self.tz = zone(cfg.timezone)
         self.interval = parse_interval(cfg.interval)
@@ -99,8 +118,8 @@ class Market:
         self.progress_inbox = bus.Inbox(ordered=False)
         self.current: Announced | None = None
         self.answered: set[datetime] = set()  # rounds whose selection (or missed entry) came back
-        self.position_sender: str | None = None
-        self.position_rejoined: float | None = None  # when a new position incarnation was first heard
+        self.send_funding = needs_funding(cfg.factor_specs, cfg.all_filters, workdir)
+        self.funding: FundingEvents = {}  # the latest round's funding history, per symbol
         if isinstance(self.feed, ReplayFeed):
             log.info("rounds from %s", self.feed.describe())
             return
@@ -130,7 +149,6 @@ class Market:
                 env = self.progress_inbox.recv(self.progress)
                 if env is not None:
                     self.on_progress(env)
-        self.reannounce_if_needed()
         self.heartbeat.tick(self.last_run_time, subscribed=self.subs.ready)
 
     # -- a restarted position service ---------------------------------------------------------
@@ -140,38 +158,38 @@ class Market:
         if isinstance(body, Selection | Missed):
             self.answered.add(body.run_time)
             if len(self.answered) > 64:
-                self.answered = {t for t in self.answered if t >= min(sorted(self.answered)[-32:])}
-        elif not (isinstance(body, Heartbeat) and body.service == "position"):
-            return
-        if env.header.sender != self.position_sender:
-            if self.position_sender is not None:
-                log.info("the position service restarted (now %s)", env.header.sender)
-                self.position_rejoined = time.monotonic()
-            self.position_sender = env.header.sender
-        if isinstance(body, Heartbeat) and self.position_rejoined is not None and body.state.get("shards_ready"):
-            self.position_rejoined = -1.0  # its shards are connected to it: results will reach it
+                self.answered = set(sorted(self.answered)[-32:])
+        elif isinstance(body, Heartbeat) and body.service == "position":
+            self.check_position(body)
 
-    def reannounce_if_needed(self) -> None:
-        """Announce the latest round again if a restarted position service never published it.
+    def check_position(self, beat: Heartbeat) -> None:
+        """Announce the latest round again when the position service neither published it nor is gathering
+        it: it restarted (or its round subscription was not yet in place) after the announcement.
 
-        It waits until the position service subscribes to rounds and hears every shard (or
-        REJOIN_WAIT_SEC), so the recomputed results reach it rather than a socket still connecting.
+        Its heartbeat says what it last published (``run_time``) and which rounds it gathers. The check
+        waits LOST_AFTER_SEC after an announcement (still in flight), then until the position service
+        hears every shard (or REJOIN_WAIT_SEC), so the recomputed results reach it; at most once per
+        REJOIN_WAIT_SEC.
         """
-        joined = self.position_rejoined
-        if joined is None or not self.subs.has_position():
-            return
-        if joined >= 0 and time.monotonic() - joined < REJOIN_WAIT_SEC:
-            return
-        self.position_rejoined = None
         cur = self.current
-        if cur is None or cur.open.run_time in self.answered:
+        if cur is None or cur.open.run_time in self.answered or not self.subs.has_position():
             return
         run_time = cur.open.run_time
-        log.warning("round %s: the position service restarted before publishing it; announcing the round "
-                    "again and re-sending %d candle file(s)%s", run_time.isoformat(), len(cur.published),
-                    " and its close" if cur.closed else "")
+        knows = (beat.run_time is not None and beat.run_time >= run_time) or \
+            run_time.isoformat() in (beat.state.get("gathering") or [])
+        now = time.monotonic()
+        if knows or now - cur.announced_at < LOST_AFTER_SEC:
+            cur.lost_since = None
+            return
+        cur.lost_since = cur.lost_since or now
+        if not beat.state.get("shards_ready") and now - cur.lost_since < REJOIN_WAIT_SEC:
+            return
+        log.warning("round %s: the position service has neither published nor gathers it (it restarted?); "
+                    "announcing the round again and re-sending %d candle file(s)%s", run_time.isoformat(),
+                    len(cur.published), " and its close" if cur.closed else "")
+        cur.announced_at, cur.lost_since = now, None
         self.pub.send(bus.ROUND_OPEN, cur.open.model_copy(
-            update={"expire_sec": max(0.0, cur.deadline - time.monotonic())}))
+            update={"expire_sec": max(0.0, cur.deadline - now)}))
         for symbol in cur.published:
             self._publish_candles(run_time, symbol)
         if cur.closed is not None:
@@ -307,7 +325,9 @@ class Market:
                 return False
         try:
             exginfo = self.feed.exginfo(run_time)
-            funding = _funding(self.feed.funding(run_time))
+            history = self.feed.funding(run_time)
+            funding = _funding(history)
+            self.funding = funding_events(history, self.cfg.timezone) if self.send_funding else {}
             specs = self._symbol_specs(exginfo)
         except Exception as e:
             self.missed(run_time, "bad_exginfo", f"cannot read exginfo/funding from {self.feed.describe()}: "
@@ -358,17 +378,32 @@ class Market:
                 log.warning("%s: exginfo has no usable face_value; it cannot be sized this round", symbol)
         return specs
 
+    def _funding_for(self, run_time: datetime, symbol: str, data: object | None) -> dict[str, list]:
+        """The symbol's funding events inside its candle file's span (from the first candle's close to
+        run_time, the newest one's), at most MAX_FUNDING_EVENTS of the newest. With paths the file is
+        not read here, so only run_time bounds them: the factor values come out the same."""
+        events = self.funding.get(symbol)
+        if events is None:
+            return {}
+        times, rates = events
+        first = first_candle_begin_ms(data) if data else None  # type: ignore[arg-type]
+        lo_ms = first + int(self.interval.total_seconds() * 1000) if first is not None else None
+        hi = int(np.searchsorted(times, round(run_time.timestamp() * 1000), side="right"))
+        lo = max(hi - MAX_FUNDING_EVENTS, 0 if lo_ms is None else int(np.searchsorted(times, lo_ms, side="left")))
+        return {"funding_times": times[lo:hi].tolist(), "funding_rates": rates[lo:hi].tolist()} if hi > lo else {}
+
     def _publish_candles(self, run_time: datetime, symbol: str) -> None:
         now = datetime.now(UTC)
         if self.send_paths and isinstance(self.feed, DirectoryFeed):
-            self.pub.send(bus.candle_topic(symbol), Candles(run_time=run_time, symbol=symbol, ready_at=now,
-                                                            path=self.feed.candle_source(symbol), by_path=True))
+            self.pub.send(bus.candle_topic(symbol), Candles(
+                run_time=run_time, symbol=symbol, ready_at=now, path=self.feed.candle_source(symbol), by_path=True,
+                **self._funding_for(run_time, symbol, None)))
             return
         data, source = self.feed.candle(symbol)
         if not data:
             log.error("%s: ready marker present but the file is unreadable: %s", symbol, source)
-        self.pub.send(bus.candle_topic(symbol), Candles(run_time=run_time, symbol=symbol, path=source, ready_at=now),
-                      [data])
+        self.pub.send(bus.candle_topic(symbol), Candles(run_time=run_time, symbol=symbol, path=source, ready_at=now,
+                                                        **self._funding_for(run_time, symbol, data)), [data])
 
     def _log_orphans(self, universe: set[str]) -> None:
         orphans = self.feed.candle_symbols() - universe
@@ -464,9 +499,10 @@ def main(cfg: SelectorConfig, workdir: Path, clock: Clock = "wall", run_time: da
         if replay is None:  # selections and heartbeats coming back: a restarted position service is served
             progress = bus.selection_subscriber(ctx, keys, "market", topics=(bus.SELECTION, "hb.position"))
             return Market(cfg, sock, stop, await_subscribers, send_paths=send_paths, state_dir=workdir / "state",
-                          progress=progress).run(clock, run_time)
+                          progress=progress, workdir=workdir).run(clock, run_time)
         progress = bus.selection_subscriber(ctx, keys, "market")  # selections coming back pace the replay
-        market = Market(cfg, sock, stop, await_subscribers, ReplayFeed(replay, cfg.timezone, first_hour))
+        market = Market(cfg, sock, stop, await_subscribers, ReplayFeed(replay, cfg.timezone, first_hour),
+                        workdir=workdir)
         market.wait_for_subscribers(await_subscribers)
         return market.replay(progress, hours)
     finally:

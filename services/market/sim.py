@@ -217,6 +217,7 @@ class SyntheticMarket:
         zeros = np.zeros(symbols)
         self._states = [_State(zeros, zeros, first_close)]  # state at the start of block b
         self._blocks: dict[int, dict[str, np.ndarray]] = {}
+        self._funding_cache: dict[int, np.ndarray] = {}
         self._fields = [c for c in CANDLE_COLUMNS if c not in ("candle_begin_time", "close_time")]
         self._exginfo = _exginfo_frame(
             self.symbols, ["PERPETUAL"] * symbols, ["TRADING"] * symbols, [QUOTE] * symbols,
@@ -231,12 +232,25 @@ class SyntheticMarket:
     def exginfo(self) -> pd.DataFrame:
         return self._exginfo.copy()
 
+    def _funding_at(self, k: int) -> np.ndarray:
+        """Hour k's rates: each coin's typical rate plus that hour's noise (cached over the history window)."""
+        rates = self._funding_cache.get(k)
+        if rates is None:
+            rng = np.random.default_rng([self.seed, 2, k])
+            rates = np.clip(self._funding + 0.0001 * rng.standard_normal(len(self._coins)), -0.00095, 0.00095)
+            self._funding_cache[k] = rates
+            if len(self._funding_cache) > 2 * self.history:
+                for old in [j for j in self._funding_cache if j <= k - self.history]:
+                    del self._funding_cache[old]
+        return rates
+
     def funding(self, k: int) -> pd.DataFrame:
-        """Each coin's typical rate plus this hour's noise, stamped run_time."""
-        rng = np.random.default_rng([self.seed, 2, k])
-        rates = np.clip(self._funding + 0.0001 * rng.standard_normal(len(self._coins)), -0.00095, 0.00095)
-        times = np.full(len(self._coins), _ms(self.run_time(k)), dtype=np.int64)
-        return _funding_frame(self.symbols, rates, times, self.tz)
+        """The crawler's funding file at hour k: every hour's rates since it started (hour 0), at most the
+        last ``history`` hours, oldest first, each hour's rows stamped at that hour."""
+        hours = range(max(0, k - self.history + 1), k + 1)
+        rates = np.concatenate([self._funding_at(j) for j in hours])
+        times = np.repeat(np.array([_ms(self.run_time(j)) for j in hours], dtype=np.int64), len(self._coins))
+        return _funding_frame(self.symbols * len(hours), rates, times, self.tz)
 
     def candles(self, k: int) -> dict[str, pd.DataFrame]:
         if k < 0:
@@ -352,11 +366,13 @@ class ReplayMarket:
         self._cols = {c: candles[source.get(c, c)].to_numpy(np.int64 if c == "trade_num" else np.float64)
                       for c in ("open", "high", "low", "close", "volume", "quote_volume", "trade_num")}
 
+        # The crawler stamps each funding event at its hour (the data set's times are a few ms after it).
         funding = pd.read_parquet(data_dir / self.FUNDING).dropna(subset=["funding_rate"])
-        funding = funding.sort_values(["symbol", "timestamp"], kind="stable")
-        self._funding_ms = funding["timestamp"].to_numpy(np.int64)
-        self._funding_rate = funding["funding_rate"].to_numpy(np.float64)
-        self._funding_rows = _split(funding["symbol"].to_numpy())
+        funding["hour_ms"] = funding["timestamp"] - funding["timestamp"] % HOUR_MS
+        funding = funding.sort_values(["hour_ms", "symbol"], kind="stable")
+        self._funding_ms = funding["hour_ms"].to_numpy(np.int64)
+        self._funding = _funding_frame(funding["symbol"].astype(str).tolist(), funding["funding_rate"],
+                                       self._funding_ms, tz)  # each hour's file is a slice of it
 
         exact = {"tickSize": str, "stepSize": str, "minNotional": str}  # the text, not a float's rounding
         rules = pd.read_csv(data_dir / self.EXGINFO, dtype=exact)
@@ -377,15 +393,12 @@ class ReplayMarket:
         return self._exginfo.copy()
 
     def funding(self, k: int) -> pd.DataFrame:
-        """Each symbol's latest funding event at or before run_time; symbols with none are left out."""
+        """The crawler's funding file at hour k: the events of the last ``history`` hours up to run_time,
+        oldest first, each stamped at its hour."""
         run_ms = _ms(self.run_time(k))
-        symbols, rows = [], []
-        for symbol, rs in self._funding_rows.items():
-            last = rs.start + int(np.searchsorted(self._funding_ms[rs], run_ms, side="right")) - 1
-            if last >= rs.start:
-                symbols.append(symbol)
-                rows.append(last)
-        return _funding_frame(symbols, self._funding_rate[rows], self._funding_ms[rows], self.tz)
+        lo = int(np.searchsorted(self._funding_ms, run_ms - self.history * HOUR_MS, side="right"))
+        hi = int(np.searchsorted(self._funding_ms, run_ms, side="right"))
+        return self._funding.iloc[lo:hi].reset_index(drop=True)
 
     def _windows(self, k: int) -> dict[str, slice]:
         """Each listed symbol's rows in the file of hour k: up to ``history`` ending at the closed candle."""

@@ -11,10 +11,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from services.position.select import apply_pre_filters, drop_non_finite, select_sides, size_side
+from services.position.strategy import Choice, Hour, candidate_pool, rebalances, strategy_hour
 from shared.bus import Shard
 from shared.config import SelectorConfig
-from shared.messages import Coverage, FactorResults, Pick, RoundClosed, RoundOpen, Selection, Shortfall
+from shared.messages import (
+    Coverage,
+    FactorResults,
+    OffsetBook,
+    Pick,
+    RoundClosed,
+    RoundOpen,
+    Selection,
+    Shortfall,
+)
 
 CONSOLIDATE_TABLES = 32
 
@@ -108,17 +117,19 @@ class RoundState:
 
 @dataclass(frozen=True)
 class Previous:
-    """The last published round's signed targets: what an executor holds going into this round."""
+    """The last published round: its summed signed targets (what an executor holds going into this
+    round) and each offset's book (what an offset that does not rebalance keeps)."""
 
     run_time: datetime | None = None
     targets: dict[str, Decimal] = field(default_factory=dict)
+    offsets: dict[int, OffsetBook] = field(default_factory=dict)
 
-
-def signed_targets(long: list[Pick], short: list[Pick]) -> dict[str, Decimal]:
-    targets = {p.symbol: p.position for p in long}
-    for p in short:
-        targets[p.symbol] = targets.get(p.symbol, Decimal(0)) - p.position
-    return targets
+    @classmethod
+    def of(cls, selection: Selection | None) -> Previous:
+        if selection is None:
+            return cls()
+        return cls(selection.run_time, dict(selection.targets),
+                   {int(o): book for o, book in selection.offsets.items()})
 
 
 def target_changes(targets: dict[str, Decimal], previous: dict[str, Decimal]) -> dict[str, Decimal]:
@@ -127,76 +138,108 @@ def target_changes(targets: dict[str, Decimal], previous: dict[str, Decimal]) ->
     return {s: targets.get(s, Decimal(0)) - previous.get(s, Decimal(0)) for s in symbols}
 
 
+def offset_books(hour: Hour, previous: Previous, run_time: datetime, period_hours: int) -> dict[str, OffsetBook]:
+    """Each offset's targets after the round, with when it last chose them (None: never yet)."""
+    books = {}
+    for o, targets in hour.offsets.items():
+        now = rebalances(run_time, period_hours, o)
+        before = previous.offsets.get(o)
+        since = run_time if now else before.since if before is not None else None
+        books[str(o)] = OffsetBook(rebalanced=now, since=since, targets=targets)
+    return books
+
+
 @dataclass(frozen=True)
 class Built:
     selection: Selection
     factors: pd.DataFrame
     long: pd.DataFrame
     short: pd.DataFrame
-    factor_table: pa.Table  # the factors as received: published without another conversion
+    factor_table: pa.Table  # the factors as received, plus composite columns: published without another conversion
 
 
-def _picks(side: pd.DataFrame, factor: str, filters: list[str]) -> list[Pick]:
-    columns = {c: side[c].tolist() for c in ["symbol", "close", factor, "position", "pos_val", *filters]}
+def _picks(side: pd.DataFrame, ranked_by: str, factors: list[str], filters: list[str]) -> list[Pick]:
+    columns = {c: side[c].tolist() for c in dict.fromkeys(["symbol", "close", ranked_by, "position", "pos_val",
+                                                           *factors, *filters])}
     return [
-        Pick(symbol=columns["symbol"][i], close=columns["close"][i], factor=columns[factor][i],
-             filters={f: columns[f][i] for f in filters}, position=columns["position"][i],
-             pos_val=columns["pos_val"][i])
+        Pick(symbol=columns["symbol"][i], close=columns["close"][i], factor=columns[ranked_by][i],
+             factors={f: columns[f][i] for f in factors}, filters={f: columns[f][i] for f in filters},
+             position=columns["position"][i], pos_val=columns["pos_val"][i])
         for i in range(len(side))
     ]
 
 
+def _with_composites(table: pa.Table, factors: pd.DataFrame, cfg: SelectorConfig,
+                     choice: Choice) -> tuple[pa.Table, pd.DataFrame]:
+    """factor_his gets each composite column: its value over the side's pool, empty for rows outside it."""
+    for side, pool in (("long", choice.long_pool), ("short", choice.short_pool)):
+        column = cfg.composite_column(side)
+        if column is None or column in factors.columns:
+            continue
+        values = pool[column].reindex(factors.index).to_numpy(dtype=float)
+        factors = factors.assign(**{column: values})
+        table = table.append_column(column, pa.array(values, pa.float64()))
+    return table, factors
+
+
 def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: bool,
                     previous: Previous | None = None, expected_shards: list[str] | None = None) -> Built:
-    """The article's steps 4-6 on the gathered rows: nan/inf filter, pre-filters, select, size."""
+    """The strategy on the gathered rows: candidate pool, rules, ranking, sides, sizing per offset, the books.
+
+    With the article's config these are the article's steps 4-6 (nan/inf filter, pre-filters, select, size).
+    """
     universe = state.universe
+    run_time = state.open.run_time
     table = state.factor_table()
     if table is None:  # every symbol skipped or missing: empty sides, with the columns, as promised
         table = pa.table({"symbol": pa.array([], pa.large_string()),
-                          **{c: pa.array([], pa.float64()) for c in ["close", *cfg.factor_columns]}})
+                          **{c: pa.array([], pa.float64()) for c in ["close", *cfg.columns]}})
     factors = table.to_pandas()
     face_values: dict[str, Decimal] = {s.symbol: s.face_value for s in state.open.symbols if s.face_value}
     skipped = dict(state.skipped)
-    if factors.empty:
-        pool = factors
-    else:
-        pool = drop_non_finite(factors, cfg.factor_columns)
-        unsizable = np.array([s not in face_values for s in pool["symbol"].tolist()], dtype=bool)
-        for symbol in pool.loc[unsizable, "symbol"]:
-            skipped[symbol] = "bad_data: exginfo has no face_value"
-        pool = apply_pre_filters(pool[~unsizable], cfg.pre_filters)
-    if pool.empty:
-        sides_long = sides_short = pool
-        n_pool, short_of = 0, cfg.long_num + cfg.short_num > 0
-    else:
-        sides = select_sides(pool, cfg.factor.column, cfg.factor.reverse, cfg.long_num, cfg.short_num)
-        sides_long, sides_short, n_pool, short_of = sides.long, sides.short, sides.pool, sides.shortfall
-    long = size_side(sides_long, cfg.capital_usdt, cfg.long_num, face_values)
-    short = size_side(sides_short, cfg.capital_usdt, cfg.short_num, face_values)
-    filters = [f.column for f in cfg.filters]
-    missing = state.missing()
+    pool = candidate_pool(factors, cfg)
+    unsizable = np.array([s not in face_values for s in pool["symbol"].tolist()], dtype=bool)
+    for symbol in pool.loc[unsizable, "symbol"]:
+        skipped[symbol] = "bad_data: exginfo has no face_value"
     previous = previous or Previous()
-    long_picks, short_picks = _picks(long, cfg.factor.column, filters), _picks(short, cfg.factor.column, filters)
-    targets = signed_targets(long_picks, short_picks)
+    held = {o: book.targets for o, book in previous.offsets.items()}
+    hour = strategy_hour(pool[~unsizable], face_values, cfg, cfg.capital_usdt, run_time, held)
+    choice, long, short = hour.choice, hour.long, hour.short
+    table, factors = _with_composites(table, factors, cfg, choice)
+    ranked_by = {side: cfg.composite_column(side) or factor_list[0].column
+                 for side, factor_list in (("long", cfg.long_factor_list), ("short", cfg.short_factor_list))}
+    filters = cfg.filter_columns
+    missing = state.missing()
     now = datetime.now(UTC)
     selection = Selection(
-        run_time=state.open.run_time,
-        factor_column=cfg.factor.column,
-        long=long_picks,
-        short=short_picks,
-        shortfall=Shortfall(pool=n_pool, long_wanted=cfg.long_num, long_got=len(long),
-                            short_wanted=cfg.short_num, short_got=len(short)) if short_of else None,
+        run_time=run_time,
+        factor_column=ranked_by["long"],
+        ranked_by=ranked_by,
+        factor_columns=[*cfg.factor_columns, *cfg.composite_columns],
+        hold_period=cfg.hold_period,
+        long=_picks(long, ranked_by["long"], _side_factors(cfg, "long"), filters),
+        short=_picks(short, ranked_by["short"], _side_factors(cfg, "short"), filters),
+        shortfall=Shortfall(pool=choice.pool, long_pool=len(choice.long_pool), short_pool=len(choice.short_pool),
+                            long_wanted=choice.long_wanted, long_got=len(long), short_wanted=choice.short_wanted,
+                            short_got=len(short)) if choice.shortfall else None,
         coverage=Coverage(expected=len(universe), received=len(state.rows), skipped=skipped, missing=missing,
                           late=sorted(state.late), shards=sorted(state.shards),
                           silent_shards=[s for s in expected_shards or [] if s not in state.shards]),
         incomplete=bool(missing) and flag_incomplete,
         latency_ms=(now - state.last_ready_at).total_seconds() * 1000 if state.last_ready_at else None,
-        targets=targets,
+        targets=hour.targets,
+        offsets=offset_books(hour, previous, run_time, cfg.period_hours),
         previous_run_time=previous.run_time,
         previous=previous.targets,
-        changes=target_changes(targets, previous.targets),
+        changes=target_changes(hour.targets, previous.targets),
     )
     return Built(selection, factors, long, short, table)
+
+
+def _side_factors(cfg: SelectorConfig, side: str) -> list[str]:
+    """What a pick reports in ``factors``: every factor column, and its side's composite."""
+    composite = cfg.composite_column(side)
+    return [*cfg.factor_columns, *([composite] if composite else [])]
 
 
 PENDING_ROUNDS = 3

@@ -244,7 +244,7 @@ class Position:
             table = ipc_to_table(env.payloads[0])
         except Exception as e:  # Arrow raises several types on malformed bytes
             raise BadResults(f"unreadable table ({type(e).__name__}: {str(e)[:200]})") from None
-        table = normalise_table(table, body.symbols, self.cfg.factor_columns)
+        table = normalise_table(table, body.symbols, self.cfg.columns)
         problem = fits(state.schema, table)
         if problem:
             raise BadResults(problem)
@@ -338,7 +338,7 @@ class Position:
     def publish(self, state: RoundState) -> None:
         policy = self.cfg.incomplete_round
         latest = self.store.latest
-        previous = Previous(latest.run_time, dict(latest.targets)) if latest else Previous()
+        previous = Previous.of(latest)
         built = build_selection(self.cfg, state, flag_incomplete=policy != "publish", previous=previous,
                                 expected_shards=self.shards.expected())
         sel = built.selection
@@ -391,7 +391,8 @@ class Position:
             self.heartbeat.tick(latest.run_time if latest else None,
                                 selection_seq=self.pub.last_seq(bus.SELECTION), late=self.late,
                                 rejected=self.rejects.total, **self.inbox.counts(),
-                                silent_shards=sorted(self.shards.silent), shards_ready=self.shards_ready())
+                                silent_shards=sorted(self.shards.silent), shards_ready=self.shards_ready(),
+                                gathering=[t.isoformat() for t in sorted(self.rounds)[-8:]])
         return 0
 
 

@@ -1,6 +1,7 @@
 """The article's output files, written atomically, plus the selection itself.
 
-    factor_his/coin_<YYYYmmdd_HHMMSS>.csv.zip     every factor row of the round
+    factor_his/coin_<YYYYmmdd_HHMMSS>.csv.zip     every factor row of the round (plus a several-factor
+                                                  strategy's composite column(s), empty outside the pool)
     select_his/<YYYYmmdd_HHMMSS>_long.csv.zip     the long side, minus the raw candle columns
     select_his/<YYYYmmdd_HHMMSS>_short.csv.zip    the short side, likewise
     selection_his/<YYYYmmdd_HHMMSS>.json          alphabus's addition: the whole Selection message
