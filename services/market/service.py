@@ -116,6 +116,10 @@ class Market:
         self.state_path = state_dir / STATE_FILE if state_dir is not None else None
         self.progress = progress
         self.progress_inbox = bus.Inbox(ordered=False)
+        self.poller = zmq.Poller()  # built once: pump() runs between every batch of ready markers
+        for s in (sock, progress):
+            if s is not None:
+                self.poller.register(s, zmq.POLLIN)
         self.current: Announced | None = None
         self.answered: set[datetime] = set()  # rounds whose selection (or missed entry) came back
         self.send_funding = needs_funding(cfg.factor_specs, cfg.all_filters, workdir)
@@ -131,13 +135,7 @@ class Market:
     # -- waiting ------------------------------------------------------------------------------
     def pump(self, timeout_ms: int = POLL_MS) -> None:
         """Serve subscription notifications, the position service's progress and heartbeats for up to timeout_ms."""
-        if self.progress is None:
-            ready = [self.sock] if self.sock.poll(timeout_ms, zmq.POLLIN) else []
-        else:
-            poller = zmq.Poller()
-            poller.register(self.sock, zmq.POLLIN)
-            poller.register(self.progress, zmq.POLLIN)
-            ready = list(dict(poller.poll(timeout_ms)))
+        ready = dict(self.poller.poll(timeout_ms))
         if self.sock in ready:
             while True:
                 try:
