@@ -238,7 +238,10 @@ def test_paper_killed_at_random_moments_records_every_fill_exactly_once(tmp_path
             assert_book_matches_fills(rough, done[: done.index(book["last_run_time"]) + 1], exact=False)
     print(f"{kills} kills, {repaired} between the appends and the book")
     assert kills == 15
-    assert repaired >= 1, f"none of {kills} kills landed between the appends and the book; the window went untested"
+    # Whether a random kill lands between the appends and the book depends on the machine's timing (10 of 15 on
+    # one run, 0 of 15 on another); that window is covered deterministically by
+    # test_a_restarted_paper_executor_cuts_rows_its_book_never_counted. Here: whatever the kills hit, no fill is
+    # lost or doubled.
     assert _paper_files(rough) == _paper_files(calm)  # byte for byte what an uninterrupted run wrote
 
 
