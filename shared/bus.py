@@ -24,6 +24,7 @@ import zmq
 
 from shared.messages import BadMessage, Body, Envelope, Header, decode, encode
 from shared.security import Keys
+from shared.security import close as close_security
 
 log = logging.getLogger(__name__)
 
@@ -324,9 +325,7 @@ def close_all(*sockets: zmq.Socket) -> None:
 
 def shutdown(ctx: zmq.Context, *sockets: zmq.Socket, linger: int = 200) -> None:
     """A service's ``finally``: close its sockets, stop its authenticator, terminate the context."""
-    from shared import security
-
     for s in sockets:
         s.close(linger=linger)
-    security.close(ctx)
+    close_security(ctx)
     ctx.term()

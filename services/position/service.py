@@ -391,8 +391,8 @@ class Position:
             self.heartbeat.tick(latest.run_time if latest else None,
                                 selection_seq=self.pub.last_seq(bus.SELECTION), late=self.late,
                                 rejected=self.rejects.total, **self.inbox.counts(),
-                                silent_shards=sorted(self.shards.silent), shards_ready=self.shards_ready(),
-                                gathering=[t.isoformat() for t in sorted(self.rounds)[-8:]])
+                                silent_shards=lambda: sorted(self.shards.silent), shards_ready=self.shards_ready,
+                                gathering=lambda: [t.isoformat() for t in sorted(self.rounds)[-8:]])
         return 0
 
 
