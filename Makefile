@@ -8,9 +8,11 @@ BIN := $(VENV)/bin
 
 $(BIN)/alphabus: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "alphabus needs Python 3.11+"'
+	@echo "Setting up $(VENV): installing alphabus and its dependencies (quiet; about 15 s, longer on a first download)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	@echo "Installed. Next time this step is skipped."
 	touch $@
 
 demo: $(BIN)/alphabus

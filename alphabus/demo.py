@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from alphabus.display import format_selection
+from alphabus.display import show
 from alphabus.launcher import Services, loopback_endpoints, raise_on_termination, stack_client, start_stack
+from shared.quantities import crawler_lots
 
 PLUGIN_FOLDERS = ("factors", "filters")  # a work directory's own plugins, searched before the built-in ones
 
@@ -45,20 +46,21 @@ def strategy_config(strategy: Path, bmac_dir: Path) -> dict:
     return {**raw, "bmac_dir": str(bmac_dir), "debug": False}
 
 
-def prepare_workdir(workdir: Path, bmac_dir: Path, strategy: Path | None) -> None:
+def prepare_workdir(workdir: Path, bmac_dir: Path, strategy: Path | None):
     """Write the demo's ``factor_calc.json`` (the article's, or the strategy's) and copy the strategy's own
-    plugin folders, then validate it as every service will: a bad strategy stops the demo before any start."""
+    plugin folders, then validate it as every service will: a bad strategy stops the demo before any start.
+    Returns the loaded config."""
     from shared.config import CONFIG_FILE, ConfigError, load_config
 
     cfg = demo_config(bmac_dir) if strategy is None else strategy_config(strategy, bmac_dir)
     (workdir / CONFIG_FILE).write_text(json.dumps(cfg, indent=1))
     if strategy is None:
-        return
+        return load_config(workdir)
     for folder in PLUGIN_FOLDERS:
         if (Path(strategy) / folder).is_dir():
             shutil.copytree(Path(strategy) / folder, workdir / folder)
     try:
-        load_config(workdir)
+        return load_config(workdir)
     except ConfigError as e:  # name the user's file, not the demo's copy
         raise ConfigError(str(Path(strategy) / CONFIG_FILE), e.problems) from None
 
@@ -84,25 +86,29 @@ def run(rounds: int = 3, symbols: int = 80, replay: Path | None = None, hour_sec
     raise_on_termination()
     root = Path(tempfile.mkdtemp(prefix="alphabus-demo-"))
     try:
-        return _run(root, rounds, symbols, replay, hour_seconds, shards, strategy)
+        return _run(root, rounds, symbols, replay, hour_seconds, shards, strategy, keep)
     finally:
         if keep:
-            print(f"kept {root}")
+            print(f"kept {root}: the work directory is {root / 'work'}, the simulated crawler's {root / 'bmac'}")
         else:
             shutil.rmtree(root, ignore_errors=True)
 
 
 def _run(root: Path, rounds: int, symbols: int, replay: Path | None, hour_seconds: float, shards: int,
-         strategy: Path | None) -> int:
+         strategy: Path | None, keep: bool) -> int:
     bmac, workdir = root / "bmac", root / "work"
     workdir.mkdir(parents=True)
     bmac.mkdir()
-    prepare_workdir(workdir, bmac, strategy)
+    cfg = prepare_workdir(workdir, bmac, strategy)
     source = f"replaying {replay}" if replay else f"{symbols} simulated symbols"
     print(f"alphabus demo: {source}, a simulated hour every {hour_seconds:g}s, {shards} factor shard(s)")
     print(f"strategy: {strategy} (its factor_calc.json, bmac_dir set to the simulator)" if strategy
           else "strategy: the article's factor_calc.json")
-    print(f"work directory {workdir} (history in select_his/, factor_his/, selection_his/)\n")
+    if keep:
+        print(f"work directory {workdir} (history in select_his/, factor_his/, selection_his/; paper/ holds "
+              "the paper executor's fills and equity)")
+    print("each round: the picks (shorts negative), gross and net exposure, and this hour's trades; "
+          "the services' warnings, if any, go to stderr\n")
     sim_args = ["sim", str(bmac), "--hours", str(rounds + 3), "--hour-seconds", str(hour_seconds),
                 "--symbols", str(symbols)]
     if replay:
@@ -117,7 +123,7 @@ def _run(root: Path, rounds: int, symbols: int, replay: Path | None, hour_second
             start_stack(services, workdir, shards=shards, clock="follow")
             services.start("paper", ["paper", str(workdir)])
             for update in client.updates(timeout_s=max(60.0, 10 * hour_seconds)):
-                print(format_selection(update.selection) + "\n")
+                print(show(update, crawler_lots(cfg)) + "\n")
                 shown += 1
                 if shown >= rounds:
                     break

@@ -301,11 +301,17 @@ def _await_listening(services: Services, endpoints: dict[str, str], stop, timeou
 def run_stack(workdir: Path, clock: str = "wall", shards: int = 1) -> int:
     """All four services until Ctrl-C or SIGTERM; a service that dies is restarted with backoff.
 
+    ``clock``: ``wall``, ``follow`` or ``auto`` (``choose_clock``).
+
     A service that cannot start at all (its port taken, its config bad) stops the stack at once.
     """
     from shared.service import StopFlag, setup_logging
 
     setup_logging("stack")
+    if clock == "auto":
+        from shared.config import load_config
+
+        clock = choose_clock(load_config(workdir), clock)
     stop = StopFlag()
     claim = PortClaim()
     try:
@@ -331,6 +337,33 @@ def run_stack(workdir: Path, clock: str = "wall", shards: int = 1) -> int:
     return 0
 
 
+def choose_clock(cfg: SelectorConfig, asked: str, now: datetime | None = None) -> str:
+    """``--clock auto``: follow a crawler whose newest hour is not the wall clock's (the simulator writes
+    simulated hours; a replay, past ones), else the wall clock. The choice is logged with how to override it."""
+    from shared.bmac import BmacDir
+    from shared.clock import latest_boundary, parse_interval, zone
+    from shared.config import resolve_bmac_dir
+
+    if asked != "auto":
+        return asked
+    tz, interval = zone(cfg.timezone), parse_interval(cfg.interval)
+    wall = latest_boundary(now or datetime.now(tz), interval)
+    stamp = BmacDir(resolve_bmac_dir(cfg), cfg.interval).latest_exginfo_stamp()
+    if stamp is None:
+        log.info("clock: wall (rounds at each %s boundary): the crawler has written no hour yet; for the "
+                 "simulator or a replay give --clock follow", cfg.interval)
+        return "wall"
+    newest = datetime.strptime(stamp, "%Y%m%d_%H%M%S").replace(tzinfo=tz)
+    if abs(newest - wall) > interval:
+        log.info("clock: follow (a round whenever the crawler writes a newer hour): its newest hour %s is not "
+                 "the wall clock's %s, as with the simulator or a replay; give --clock wall to override",
+                 newest.isoformat(), wall.isoformat())
+        return "follow"
+    log.info("clock: wall (rounds at each %s boundary): the crawler's newest hour %s keeps to the wall clock; "
+             "give --clock follow to override", cfg.interval, newest.isoformat())
+    return "wall"
+
+
 def debug_run_time(cfg: SelectorConfig) -> datetime:
     """The article's debug round: ``next_run_time - 1 interval``, the boundary that just closed."""
     from shared.clock import latest_boundary, parse_interval, zone
@@ -343,8 +376,9 @@ def run_once(workdir: Path, cfg: SelectorConfig, run_time: datetime | None = Non
 
     SIGTERM and SIGINT stop every child before this returns (raised as Terminated / KeyboardInterrupt).
     """
-    from alphabus.display import format_selection
+    from alphabus.display import show
     from services.recorder.files import history_paths
+    from shared.quantities import crawler_lots
     from shared.service import setup_logging
 
     setup_logging("once")
@@ -381,7 +415,7 @@ def run_once(workdir: Path, cfg: SelectorConfig, run_time: datetime | None = Non
         if not all(p.exists() for p in paths.values()):
             log.error("the recorder did not write %s", ", ".join(str(p) for p in paths.values()))
             return 1
-    print(format_selection(update.selection))
+    print(show(update, crawler_lots(cfg)))
     for p in paths.values():
         print(f"wrote {p}")
     return 0

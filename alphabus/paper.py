@@ -35,7 +35,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-from shared.book import EQUITY_COLUMNS, FILL_COLUMNS, PaperBook, trade_round
+from shared.book import EQUITY_COLUMNS, FILL_COLUMNS, PaperBook, decimal_text, trade_round
 from shared.client import MissedUpdate, SelectionClient, SelectionUpdate
 from shared.durable import RetryQueue, append_durable, write_atomic
 from shared.service import HeartbeatTimer, StopFlag
@@ -69,7 +69,7 @@ def csv_bytes(columns: tuple[str, ...], rows: list[dict], header: bool) -> bytes
     writer = csv.writer(out, lineterminator="\n")
     if header:
         writer.writerow(columns)
-    writer.writerows([[str(row[c]) for c in columns] for row in rows])
+    writer.writerows([[decimal_text(row[c]) for c in columns] for row in rows])
     return out.getvalue().encode()
 
 

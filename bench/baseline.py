@@ -1,43 +1,34 @@
-"""The baseline: the article's single-process per-symbol pandas loop (``tests/reference.py``) on the same files.
+"""The baseline: the original program itself (``bench/original/program.py``), in its pinned environment.
 
-burst: ``article_round`` timed as a whole, exactly as the tests use it.
-
-live: the article busy-waits for ready files and computes each symbol as it appears, so once the
-last marker is there it still has to read and compute that symbol, then run the cross-section
-steps (frame of rows, NaN/inf filter, pre-filters, select, size) on the whole universe. The
-reference does not expose its loop body, so ``symbol_row`` and ``cross_section`` below are
-``article_round`` cut at that seam, built from the reference's own helpers, and the bench checks
-that they pick the same coins as the stack each round.
+It runs as one long-lived subprocess per bench run (imports paid once, outside every timing), from
+a folder laid out like the article's repository: the program, its ``utils``, the built-in
+``factors``/``filters`` plugin files and the user plugin files of ``bench/plugins`` (the same files the
+stack's work directory gets). The bench asks it for an hour on a work directory and reads back its
+own ``perf_counter`` stamps and picks (see the program's docstring for the JSON lines).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
+from typing import IO
 
 import pandas as pd
 
-from shared.bmac import BmacDir
+from bench.pinned import ensure_venv
+from bench.stack import BenchError
 from shared.messages import Selection
-from tests.reference import (
-    article_config,
-    article_round,
-    assign_position,
-    chg_pct_max,
-    filiter_nan_inf,
-    filter_before,
-    mtm_atr_mean,
-    select_coin,
-    volume,
-)
 
-CONFIG = article_config("")
-_, REVERSE, BACK_HOUR = CONFIG["factor"][:3]
-FACTOR = f"MtmAtrMean_bh_{BACK_HOUR}"
-CHG, VOL = "ChgPctMax_fl_24", "Volume_fl_24"
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+PLUGINS = BENCH / "plugins"
 
 
 @dataclass(frozen=True)
@@ -56,82 +47,98 @@ class Picks:
     def of_selection(cls, sel: Selection) -> Picks:
         return cls(tuple((p.symbol, p.position) for p in sel.long), tuple((p.symbol, p.position) for p in sel.short))
 
-
-def burst_baseline(bmac: BmacDir, run_time: datetime) -> tuple[float, Picks]:
-    """Seconds for one whole ``article_round`` call, and what it picked."""
-    t0 = time.perf_counter()
-    _, long, short = article_round(bmac.root, run_time)
-    return time.perf_counter() - t0, Picks.of_frames(long, short)
-
-
-def symbol_row(bmac: BmacDir, symbol: str, run_time: datetime) -> pd.Series | None:
-    """The article's loop body for one symbol: read its file, compute, keep the newest row (None: skipped)."""
-    if not bmac.candle_ready(symbol, run_time).exists():
-        return None
-    df = pd.read_feather(bmac.candle_path(symbol))
-    if len(df) < CONFIG["min_candle_num"] or df["candle_begin_time"].iloc[-1] != run_time - timedelta(hours=1):
-        return None
-    df["symbol"] = symbol
-    df[FACTOR] = mtm_atr_mean(df, BACK_HOUR)
-    df[CHG] = chg_pct_max(df, 24)
-    df[VOL] = volume(df, 24)
-    return df.iloc[-1]
-
-
-def cross_section(rows: list[pd.Series], exginfo: pd.DataFrame) -> Picks:
-    """The article's steps after the loop, on the whole universe: filter, rank, select, size."""
-    df = filter_before(filiter_nan_inf(pd.DataFrame(rows).reset_index(drop=True), [FACTOR, CHG, VOL]))
-    long, short = select_coin(df, FACTOR, REVERSE, CONFIG["long_num"], CONFIG["short_num"])
-    long, short = assign_position(long, short, exginfo, CONFIG["capital_usdt"], CONFIG["long_num"],
-                                  CONFIG["short_num"])
-    return Picks.of_frames(long, short)
-
-
-def queued_finish(arrivals: list[float], durations: list[float]) -> float:
-    """When a one-at-a-time loop is done with the last arrival, counted from that arrival.
-
-    Symbol i arrives at arrivals[i] and takes durations[i]; a loop slower than the arrivals falls
-    behind, which the "last symbol alone" figure ignores.
-    """
-    done = 0.0
-    for arrived, took in zip(arrivals, durations, strict=True):
-        done = max(done, arrived) + took
-    return max(0.0, done - arrivals[-1])
+    @classmethod
+    def of_reply(cls, reply: dict) -> Picks:
+        side = lambda rows: tuple((str(s), Decimal(p)) for s, p in rows)  # noqa: E731
+        return cls(side(reply["long"]), side(reply["short"]))
 
 
 @dataclass(frozen=True)
-class LiveBaseline:
-    """The article's live tail, measured in parts (seconds)."""
+class OriginalHour:
+    """One hour of the original program: its perf_counter stamps (seconds) and its picks."""
 
-    symbol: float  # read + compute one symbol: the median over the round's fully computed symbols
-    cross_section: float  # frame of rows, filters, select, size on the whole universe
-    queued: float  # if the loop cannot keep up with the arrivals: backlog at the last arrival + cross-section
+    began: float  # step 1 (load_market) starts
+    selected: float  # save_selected has written select_his
+    finished: float  # save_factor and the step-7 logging are done too
     picks: Picks
 
-    @property
-    def total(self) -> float:
-        return self.symbol + self.cross_section
+
+def install_plugins(folder: Path) -> None:
+    """Copy the user plugin files of bench/plugins into ``folder`` (a work directory's or the program's factors/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in PLUGINS.glob("*.py"):
+        shutil.copy2(path, folder / path.name)
 
 
-def live_baseline(bmac: BmacDir, run_time: datetime, order: tuple[str, ...], spread_sec: float) -> LiveBaseline:
-    """Run the article's loop in the order the markers appeared, timing each symbol and the cross-section.
+def lay_out(tree: Path) -> Path:
+    """The article's repository layout in ``tree``; returns the program to run."""
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(BENCH / "original", tree, ignore=skip)
+    for kind in ("factors", "filters"):
+        shutil.copytree(REPO / kind, tree / kind, ignore=skip)
+    install_plugins(tree / "factors")
+    return tree / "program.py"
 
-    The "last symbol" is timed as the median of every fully computed symbol, so the figure does not
-    depend on whether the shuffle happened to put a young (skipped) listing last.
-    """
-    exginfo = pd.read_feather(bmac.exginfo_dir / "exginfo.fea").set_index("symbol")  # read at round start
-    rows: list[pd.Series] = []
-    durations: list[float] = []
-    computed: list[float] = []
-    for symbol in order:
-        t0 = time.perf_counter()
-        row = symbol_row(bmac, symbol, run_time)
-        durations.append(time.perf_counter() - t0)
-        if row is not None:
-            rows.append(row)
-            computed.append(durations[-1])
-    t0 = time.perf_counter()
-    picks = cross_section(rows, exginfo)
-    cross = time.perf_counter() - t0
-    arrivals = [spread_sec * i / len(order) for i in range(len(order))]
-    return LiveBaseline(statistics.median(computed), cross, queued_finish(arrivals, durations) + cross, picks)
+
+class OriginalProgram:
+    """The original program as a subprocess in its pinned environment; use as a context manager."""
+
+    def __init__(self, root: Path, progress: Callable[[str], None] = print):
+        self.root = root
+        self.progress = progress
+        self.proc: subprocess.Popen[str] | None = None
+        self.log_path = root / "original.log"
+        self.versions: dict[str, str] = {}
+
+    def __enter__(self) -> OriginalProgram:
+        python = ensure_venv(self.progress)
+        program = lay_out(self.root / "original-program")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([str(python), str(program)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, text=True, cwd=program.parent, env=env)
+        ready = self._reply()
+        self.versions = ready.get("versions", {})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def _pipes(self) -> tuple[IO[str], IO[str]]:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None, \
+            "use OriginalProgram as a context manager"
+        return self.proc.stdin, self.proc.stdout
+
+    def _reply(self) -> dict:
+        line = self._pipes()[1].readline()
+        if not line:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise BenchError(f"the original program exited: {tail[0]} (see {self.log_path})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise BenchError(f"the original program failed: {reply['error']} (see {self.log_path})")
+        return reply
+
+    def ask(self, workdir: Path, run_time: datetime) -> None:
+        """Start the hour ``run_time`` on ``workdir`` (its factor_calc.json) without waiting for it."""
+        stdin = self._pipes()[0]
+        stdin.write(json.dumps({"workdir": str(workdir), "run_time": run_time.isoformat()}) + "\n")
+        stdin.flush()
+
+    def answer(self) -> OriginalHour:
+        """The hour asked last, once the program is done with it."""
+        r = self._reply()
+        return OriginalHour(r["began"], r["selected"], r["finished"], Picks.of_reply(r))
+
+    def hour(self, workdir: Path, run_time: datetime) -> OriginalHour:
+        self.ask(workdir, run_time)
+        return self.answer()

@@ -13,8 +13,11 @@ marker. The bench needs two other orders, built from the same ``BmacDir`` writer
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from services.market.sim import Market
-from shared.bmac import BmacDir
+from shared.bmac import EXGINFO, FUNDING, BmacDir
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,17 @@ def _mark(path: Path) -> float:
     """Create a ready marker as the crawler does (its text is the wall time) and return when it was done."""
     path.write_text(str(datetime.now().astimezone()))
     return time.perf_counter()
+
+
+def mark_spread(bmac: BmacDir, run_time: datetime, order: Sequence[str], started: float, spread_sec: float) -> float:
+    """Create the candle markers in ``order``, evenly over ``spread_sec`` from ``started``; when the last was done."""
+    last_ready = started
+    for i, symbol in enumerate(order):
+        delay = started + spread_sec * i / len(order) - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        last_ready = _mark(bmac.candle_ready(symbol, run_time))
+    return last_ready
 
 
 class Feed:
@@ -93,13 +107,21 @@ class Feed:
         for symbol in order:
             self.bmac.write_candles(symbol, hour.frames[symbol], None, hour.previous)
         started = self._start_round(hour)
-        last_ready = started
-        for i, symbol in enumerate(order):
-            delay = started + self.spread_sec * i / len(order) - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            last_ready = _mark(self.bmac.candle_ready(symbol, run_time))
+        last_ready = mark_spread(self.bmac, run_time, order, started, self.spread_sec)
         return Started(run_time, started, last_ready, tuple(order))
+
+    def mirror(self, into: BmacDir, start: Started) -> None:
+        """The round's files, hard-linked into a fresh ``into`` with exginfo and funding marked ready and no
+        candle marker yet: the same files for a second program to see appear (``mark_spread``)."""
+        shutil.rmtree(into.root, ignore_errors=True)
+        into.candle_dir.mkdir(parents=True)
+        into.exginfo_dir.mkdir(parents=True)
+        for symbol in start.order:
+            os.link(self.bmac.candle_path(symbol), into.candle_path(symbol))
+        for name in (EXGINFO, FUNDING):
+            os.link(self.bmac.exginfo_dir / f"{name}.fea", into.exginfo_dir / f"{name}.fea")
+        _mark(into.funding_ready(start.run_time))
+        _mark(into.exginfo_ready(start.run_time))
 
     def forget_round(self) -> None:
         """Remove the newest exginfo marker, so a freshly started market waits for the next hour

@@ -19,14 +19,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process started under ``pid`` (a service's worker pool, its forkserver), depth first."""
+    try:
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:  # gone, or a kernel without CONFIG_PROC_CHILDREN
+        return []
+    return [p for kid in kids for p in (kid, *descendants(kid))]
+
+
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
-    """CPU seconds so far of each named process."""
-    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+    """CPU seconds so far of each named process that is still there."""
+    out = {}
+    for name, pid in pids.items():
+        try:
+            out[name] = cpu_seconds(pid)
+        except OSError:
+            pass
+    return out
 
 
 def cpu_delta_ms(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU milliseconds each process spent between two snapshots (resolution: one clock tick, 10 ms)."""
-    return {name: (after[name] - before[name]) * 1000 for name in before}
+    """CPU milliseconds each process spent between two snapshots (resolution: one clock tick, 10 ms); a process
+    that ended in between is left out (what it used is lost with it)."""
+    return {name: (after[name] - before[name]) * 1000 for name in before if name in after}
 
 
 def _kb_fields(path: Path, keys: tuple[str, ...]) -> dict[str, float]:

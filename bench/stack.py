@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from alphabus.launcher import Services, loopback_endpoints, stack_client, start_stack
-from bench.procs import cpu_snapshot, memory_mb
+from bench.procs import cpu_snapshot, descendants, memory_mb
 from services.recorder.files import history_paths
 from shared.client import SelectionClient, SelectionUpdate
 from tests.conftest import write_config
@@ -47,14 +47,16 @@ class BenchStack:
     """Four services as processes over TCP (``clock="follow"``) on one BMAC dir, plus an outside subscriber."""
 
     def __init__(self, workdir: Path, bmac_root: Path, shards: int, market_args: tuple[str, ...] = (),
-                 **config: object):
-        """``config``: overrides of the article's factor_calc.json (none by default)."""
+                 workers: int | None = None, **config: object):
+        """``config``: overrides of the article's factor_calc.json (none by default); ``workers``: processes per
+        factor shard (None: the factor service's default)."""
         self.market_args = market_args
         self.workdir = write_config(workdir, bmac_root, **config)
         self.log_path = workdir / "services.log"
         self.shards = shards
         self.endpoints = loopback_endpoints()
-        self.services = Services({**self.endpoints, "ALPHABUS_LOG_LEVEL": "WARNING"})
+        workers_env = {} if workers is None else {"ALPHABUS_FACTOR_WORKERS": str(workers)}
+        self.services = Services({**self.endpoints, "ALPHABUS_LOG_LEVEL": "WARNING", **workers_env})
         self.client: SelectionClient | None = None
 
     def __enter__(self) -> BenchStack:
@@ -76,7 +78,12 @@ class BenchStack:
         self.services.stop()
 
     def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.services.procs.items()}
+        """Each service's process and those it started (``factor-0/1``: its first worker): what a round costs."""
+        out = {}
+        for name, p in self.services.procs.items():
+            out[name] = p.pid
+            out.update({f"{name}/{i}": child for i, child in enumerate(descendants(p.pid), 1)})
+        return out
 
     def _check_alive(self, what: str) -> None:
         exited = self.services.exited()
@@ -94,6 +101,30 @@ class BenchStack:
             self._check_alive(f"round {run_time.isoformat()}")
         raise BenchError(f"no selection for {run_time.isoformat()} within {timeout:.0f}s")
 
+    def wait_round(self, run_time: datetime, timeout: float = ROUND_TIMEOUT) -> tuple[SelectionUpdate, float, float]:
+        """The selection for run_time, when the outside client had it, and when the recorder's
+        ``select_his/<ts>_long.csv.zip`` appeared (written atomically, so there means written).
+
+        Both are watched in one loop that wakes every millisecond, so either may come first and
+        each stamp is late by about a millisecond at most.
+        """
+        assert self.client is not None, "use BenchStack as a context manager"
+        long = history_paths(self.workdir, run_time)["long"]
+        got: tuple[SelectionUpdate, float] | None = None
+        written: float | None = None
+        deadline = time.monotonic() + timeout
+        while got is None or written is None:
+            for update in self.client.poll(1):
+                if update.selection.run_time == run_time:
+                    got = update, time.perf_counter()
+            if written is None and long.exists():
+                written = time.perf_counter()
+            if time.monotonic() > deadline:
+                raise BenchError(f"round {run_time.isoformat()}: no " + ("selection" if got is None else long.name)
+                                 + f" within {timeout:.0f}s")
+            self._check_alive(f"round {run_time.isoformat()}")
+        return got[0], got[1], written
+
     def wait_recorded(self, run_time: datetime, timeout: float = ROUND_TIMEOUT) -> None:
         """Wait until the recorder has written the round's files: the stack is idle again after that."""
         paths = history_paths(self.workdir, run_time).values()
@@ -108,7 +139,7 @@ class BenchStack:
         """Wait until the services together use less than ``busy_below`` of one core over ``window`` seconds.
 
         A round cut at its deadline leaves a factor shard computing results nobody will use; the
-        next round, the baseline and the CPU-per-round figure must not overlap that work.
+        next round, the original program and the CPU-per-round figure must not overlap that work.
         """
         pids = self.pids()
         deadline = time.monotonic() + timeout
@@ -122,8 +153,14 @@ class BenchStack:
         raise BenchError(f"the services were still busy {timeout:.0f}s after the round")
 
     def memory(self) -> dict[str, dict[str, float]]:
-        """Each running service's VmHWM and VmRSS, in MB."""
-        return {name: memory_mb(pid) for name, pid in self.pids().items() if name not in self.services.exited()}
+        """VmHWM, VmRSS and Pss in MB of each running service and of the processes it started."""
+        out = {}
+        for name, pid in self.pids().items():
+            try:
+                out[name] = memory_mb(pid)
+            except OSError:  # exited
+                pass
+        return out
 
     def log_problems(self, keep: int = 10, width: int = 300) -> dict[str, object]:
         """WARNING and ERROR lines the services logged: counts and the first few lines."""

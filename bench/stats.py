@@ -13,8 +13,8 @@ def summary(values: list[float]) -> dict[str, object]:
             "max": round(max(values), 3), "n": len(values), "values": [round(v, 3) for v in values]}
 
 
-def ratio(baseline: list[float], stack: list[float]) -> float | None:
-    """Baseline median over stack median: how many times faster the stack is, measured in the same run."""
-    if not baseline or not stack or statistics.median(stack) <= 0:
+def ratio(original: list[float], stack: list[float]) -> float | None:
+    """Original median over stack median: how many times faster the stack is, measured in the same run."""
+    if not original or not stack or statistics.median(stack) <= 0:
         return None
-    return round(statistics.median(baseline) / statistics.median(stack), 2)
+    return round(statistics.median(original) / statistics.median(stack), 2)

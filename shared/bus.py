@@ -15,7 +15,8 @@ import logging
 import os
 import socket as pysocket
 import time
-from collections import OrderedDict, defaultdict
+import weakref
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -244,6 +245,7 @@ class Inbox:
         self.foreign = 0
         self._foreign_logged: set[str] = set()
         self._bad = _Repeats()
+        _inboxes.add(self)
 
     def decode(self, frames: list, what: str = "message") -> Envelope | None:
         try:
@@ -273,6 +275,17 @@ class Inbox:
         seq = self.sequence or SequenceCheck()
         return {"bad_messages": self.bad_messages, "gaps": seq.gaps, "duplicates": seq.duplicates,
                 "foreign": self.foreign}
+
+
+_inboxes: weakref.WeakSet[Inbox] = weakref.WeakSet()
+
+
+def inbox_counts() -> dict[str, int]:
+    """Every live inbox's counts added up: what this process dropped (its metrics read it when scraped)."""
+    total: Counter[str] = Counter()
+    for inbox in list(_inboxes):
+        total.update(inbox.counts())
+    return dict(total)
 
 
 def _env_int(name: str, default: int) -> int:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from shared.alerts import AlertsConfig
 from shared.clock import DEFAULT_TZ, parse_interval, zone
 from shared.strategy import FactorSpec, FilterSpec, Strategy, plugin_checks, validated
 from shared.validation import CONFIG_FILE, ConfigError, NonNegativeInt, PositiveFloat, StrictFlag
@@ -42,6 +43,9 @@ class SelectorConfig(Strategy):
     )
     incomplete_round: Literal["publish", "flag", "withhold"] = Field(
         "flag", description="What to do with a round that misses symbols: publish, publish flagged, withhold."
+    )
+    alerts: AlertsConfig | None = Field(
+        None, description="Messengers to alert (DingDing, WeCom, Telegram, a webhook) and on what; none by default."
     )
 
 

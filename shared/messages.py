@@ -261,6 +261,9 @@ class Selection(Body):
     long: list[Pick] = Field(max_length=MAX_SYMBOLS)
     short: list[Pick] = Field(max_length=MAX_SYMBOLS)
     shortfall: Shortfall | None = None
+    pool: int | None = Field(None, ge=0, description="Candidates after the NaN/inf filter, the lists and the "
+                             "common pre_filters: the pool both sides are picked from (each side's own rules "
+                             "may narrow it further; see shortfall).")
     coverage: Coverage
     incomplete: bool = Field(description="True when some symbols were missing at the deadline.")
     latency_ms: float | None = Field(None, description="Last ready marker to selection, milliseconds.")

@@ -27,6 +27,50 @@ def ipc_to_table(data: bytes | memoryview | pa.Buffer) -> pa.Table:
     return table
 
 
+class IpcTables:
+    """``ipc_to_table`` for many small streams of one schema (a live round's one-row factor tables).
+
+    The schema message of each stream is compared as bytes with those seen before; on a match the
+    record batches are read against the schema already decoded, so every table shares one schema
+    object. Comparing a freshly decoded schema costs Arrow a fingerprint of every field, more than
+    reading the row itself. The rows are validated in full as ever; anything unusual (dictionaries,
+    an unexpected message) is read the plain way.
+    """
+
+    REMEMBERED = 16
+    MAX_KEY_BYTES = 64 * 1024
+
+    def __init__(self) -> None:
+        self._schemas: dict[bytes, pa.Schema] = {}
+
+    def __call__(self, data: bytes | memoryview | pa.Buffer) -> pa.Table:
+        messages = pa.ipc.MessageReader.open_stream(pa.py_buffer(data))
+        try:
+            first = messages.read_next_message()
+        except StopIteration:  # no message at all: the plain reader says so
+            return ipc_to_table(data)
+        key = first.metadata.to_pybytes() if first.type == "schema" and first.metadata.size <= self.MAX_KEY_BYTES \
+            else None
+        schema = self._schemas.get(key) if key is not None else None
+        if schema is None:
+            if key is None:
+                return ipc_to_table(data)
+            schema = pa.ipc.read_schema(first)
+            if any(pa.types.is_dictionary(t) for t in schema.types):
+                return ipc_to_table(data)
+            if len(self._schemas) >= self.REMEMBERED:
+                del self._schemas[next(iter(self._schemas))]
+            self._schemas[key] = schema
+        batches = []
+        for message in messages:
+            if message.type != "record batch":
+                return ipc_to_table(data)
+            batches.append(pa.ipc.read_record_batch(message, schema))
+        table = pa.Table.from_batches(batches, schema=schema)
+        table.validate(full=True)
+        return table
+
+
 def ipc_to_frame(data: bytes | memoryview | pa.Buffer) -> pd.DataFrame:
     """Inverse of frame_to_ipc."""
     return ipc_to_table(data).to_pandas()

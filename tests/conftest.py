@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,15 @@ from tests.reference import article_config
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_DATA = REPO.parent / "shared" / "data" / "binance_usdm_1h"
+
+
+@pytest.fixture(autouse=True)
+def one_process_per_factor_service(monkeypatch):
+    """Stacks in tests compute each shard in one process unless a test asks for a pool: dozens of stacks on a
+    2-core CI would otherwise each spawn pool processes. The pool itself is tested in test_factor_rows.py and
+    under a live stack in test_stack.py."""
+    if "ALPHABUS_FACTOR_WORKERS" not in os.environ:
+        monkeypatch.setenv("ALPHABUS_FACTOR_WORKERS", "1")
 
 
 @pytest.fixture

@@ -43,6 +43,54 @@ def test_demo_runs_with_no_arguments_beyond_speed():
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("\nround ") + out.stdout.startswith("round ") == 2, out.stdout
     assert "LONG (2)" in out.stdout and "SHORT (8)" in out.stdout and "all processes stopped" in out.stdout
+    assert out.stdout.count("TRADES this hour") == 2 and out.stdout.count("EXPOSURE gross") == 2, out.stdout
+    assert " pool " in out.stdout and "after filters" in out.stdout
+    short_rows = [r for r in out.stdout.split("SHORT (8)")[1].split("EXPOSURE")[0].splitlines()[2:] if r.strip()]
+    assert len(short_rows) == 8 and all(row.split()[3].startswith("-") for row in short_rows), short_rows  # signed
+    assert "alphabus-demo-" not in out.stdout  # its files are gone: no path to them is printed
+
+
+def test_every_option_has_a_sentence_and_its_default():
+    from alphabus.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"alphabus {name} {action.option_strings[0]} has no help"
+            if action.default not in (None, False):
+                shown = parser._get_formatter()._get_help_string(action)
+                assert "default" in shown.lower(), f"alphabus {name} {action.option_strings[0]}: no default"
+    for argv, words in ((["stack", "--help"], ["--clock", "(default: auto)", "--factor-shards", "(default: 1)"]),
+                        (["demo", "--help"], ["--rounds", "(default: 3)"]), (["sim", "--help"], ["--seed", "7"])):
+        out = _alphabus(*argv)
+        assert out.returncode == 0 and all(w in out.stdout for w in words), out.stdout
+
+
+def test_alphabus_help_speaks_to_users():
+    out = _alphabus("--help")
+    assert out.returncode == 0
+    for line in ("alphabus demo", "alphabus stack WORKDIR", "alphabus once WORKDIR", "alphabus dashboard WORKDIR"):
+        assert line in out.stdout, out.stdout
+    assert "subcommand" not in out.stdout and "imports" not in out.stdout
+
+
+def test_stack_picks_the_clock_by_what_the_crawler_writes(tmp_path):
+    from datetime import datetime
+
+    from alphabus.launcher import choose_clock
+    from shared.config import load_config
+
+    bmac = BmacDir(tmp_path / "bmac", "1h")
+    cfg = load_config(write_config(tmp_path / "work", bmac.root))
+    now = datetime.fromisoformat("2026-03-01T10:20:00+08:00")
+    assert choose_clock(cfg, "auto", now) == "wall"  # nothing written yet
+    market = SyntheticMarket(symbols=3, seed=1)  # the simulator writes 2024's hours
+    write_hour(bmac, market, 0)
+    assert choose_clock(cfg, "auto", now) == "follow"
+    assert choose_clock(cfg, "wall", now) == "wall"
+    assert choose_clock(cfg, "auto", market.run_time(0).replace(minute=20)) == "wall"  # a crawler on the hour
 
 
 def test_demo_replays_the_real_market(real_data):

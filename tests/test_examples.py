@@ -233,16 +233,18 @@ def test_the_readme_table_lists_every_config_key():
     assert all(len(row.split("|")) == 6 and all(cell.strip() for cell in row.split("|")[1:5]) for row in rows)
 
 
-def test_bench_compares_with_the_article_loop_only_for_the_article():
-    from bench.cli import config_overrides, is_article, parse_args
+def test_bench_compares_with_the_original_program_only_for_the_article():
+    from bench.cli import original_runs, parse_args, with_grace
 
-    article = parse_args(["--quick", "--strategy", str(EXAMPLES / "article")])
-    assert config_overrides(article) == {} and is_article(article)
-    two = parse_args(["--quick", "--strategy", str(EXAMPLES / "two_factor"), "--round-grace-sec", "5"])
-    assert not is_article(two)
-    assert config_overrides(two) == {k: v for k, v in stack_keys("two_factor").items() if k in (
+    (article,) = parse_args(["--quick", "--strategy", str(EXAMPLES / "article")]).factors
+    assert article.config == {} and original_runs(article)
+    args = parse_args(["--quick", "--strategy", str(EXAMPLES / "two_factor"), "--round-grace-sec", "5"])
+    (two,) = args.factors
+    assert not original_runs(two)
+    assert with_grace(two, args).config == {k: v for k, v in stack_keys("two_factor").items() if k in (
         "factor", "pre_filters", "post_filters", "long_num", "short_num")} | {"round_grace_sec": 5.0}
-    assert is_article(parse_args(["--quick", "--round-grace-sec", "5"]))
+    args = parse_args(["--factors", "builtin,cci,pandas", "--round-grace-sec", "5"])
+    assert all(original_runs(with_grace(f, args)) for f in args.factors)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -236,7 +236,9 @@ def test_run_stops_when_asked(tmp_path):
 def test_replay_hour_zero(replay):
     run_time = replay.run_time(0)
     frames = replay.candles(0)
-    assert len(frames) == 100 and "ICPUSDT" in frames
+    assert len(frames) == 98 and "ICPUSDT" in frames  # candles without rules: written, the market says so
+    assert replay.untraded == {"PUMPUSDT": "SETTLING", "SOMIUSDT": "SETTLING"}  # the crawler does not fetch them
+    assert not set(replay.untraded) & set(frames) and not set(replay.untraded) & set(replay.symbols)
     for df in frames.values():
         assert len(df) == replay.history
         check_candles(df, run_time)
@@ -296,7 +298,9 @@ def test_run_replays_until_the_data_ends(tmp_path, replay, caplog):
     first = 4497 - 2  # three hours left
     assert run(tmp_path, history=24, replay=DATA, first_hour=first, hour_seconds=0.01, spread_sec=0) == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sim hour")]
-    assert len(lines) == 3 and "wrote 100 symbols" in lines[-1]
+    assert len(lines) == 3 and "wrote 98 symbols" in lines[-1]  # 100 in the data, 2 of them SETTLING
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not replayed")]
+    assert said and "PUMPUSDT (status SETTLING in the exchange info)" in said[0]
     assert any("replay data ends after 3 hours" in r.getMessage() for r in caplog.records)
 
 

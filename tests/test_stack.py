@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,10 @@ from tests.stack import StackRun
 
 
 @pytest.mark.parametrize("send", ["paths", "bytes"])
-def test_consecutive_hours_match_the_article_on_the_simulated_market(tmp_path, send):
+def test_consecutive_hours_match_the_article_on_the_simulated_market(tmp_path, send, monkeypatch):
+    """With candles sent by path the factor service computes on a pool of two processes (the default on 2 cores)."""
+    if send == "paths":
+        monkeypatch.setenv("ALPHABUS_FACTOR_WORKERS", "2")
     market = SyntheticMarket(symbols=70, seed=11)
     with StackRun(tmp_path, market_args=("--send", send)) as stack:
         for k in range(4):
@@ -24,6 +28,22 @@ def test_consecutive_hours_match_the_article_on_the_simulated_market(tmp_path, s
             expected = article_round(stack.bmac.root, run_time)
             assert len(expected[1]) == 2 and len(expected[2]) == 8
             assert_same_round(stack.workdir, run_time, expected)
+        if send == "paths":
+            factor = next(p for name, p in stack.services.procs.items() if name.startswith("factor"))
+            assert len(spawned_children(factor.pid)) == 1  # the pool's second process computed its share
+
+
+def spawned_children(parent: int) -> list[int]:
+    """multiprocessing's spawned children of a process (a factor pool's processes), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent \
+                    and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_consecutive_hours_match_the_article_on_real_data(tmp_path, real_data):

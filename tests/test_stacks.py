@@ -49,6 +49,16 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def service_members(pgid: int) -> list[int]:
+    """The group's alphabus processes, without a factor pool's processes (multiprocessing's spawn children)."""
+    def ours(pid: int) -> bool:
+        try:
+            return b"multiprocessing" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    return [pid for pid in group_members(pgid) if ours(pid)]
+
+
 def children_named(parent: int, word: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -220,7 +230,7 @@ def test_a_signal_to_demo_stops_every_child_and_removes_its_folder(tmp_path, sig
     try:
         wait_until(lambda: list(tmp_path.glob("alphabus-demo-*/work/selection_his/*.json")), 120,
                    "the demo's first round")
-        assert len(group_members(demo.proc.pid)) == 7  # demo, sim, market, factor, position, recorder, paper
+        assert len(service_members(demo.proc.pid)) == 7  # demo, sim, market, factor, position, recorder, paper
         os.kill(demo.proc.pid, sig)  # the launcher only, not its group: it must stop its children itself
         assert demo.proc.wait(30) == 128 + sig, demo.stderr
         wait_until(lambda: group_members(demo.proc.pid) == [], 10, "the demo's children to exit")
@@ -236,7 +246,7 @@ def test_a_signal_to_once_stops_every_child(tmp_path, sig):
     workdir = write_config(tmp_path / "work", tmp_path / "bmac", bmac_expire_sec=120)
     once = Launched(["once", str(workdir), "--run-time", "2024-01-01T08:00:00"], tmp_path / "once.log")
     try:
-        wait_until(lambda: len(group_members(once.proc.pid)) == 5, 60, "once and its four services")
+        wait_until(lambda: len(service_members(once.proc.pid)) == 5, 60, "once and its four services")
         time.sleep(1.0)
         os.kill(once.proc.pid, sig)
         assert once.proc.wait(30) == 128 + sig, once.stderr
@@ -251,7 +261,7 @@ def test_a_launcher_killed_outright_takes_its_children_with_it(tmp_path):
     workdir = write_config(tmp_path / "work", tmp_path / "bmac", bmac_expire_sec=120)
     once = Launched(["once", str(workdir), "--run-time", "2024-01-01T08:00:00"], tmp_path / "once.log")
     try:
-        wait_until(lambda: len(group_members(once.proc.pid)) == 5, 60, "once and its four services")
+        wait_until(lambda: len(service_members(once.proc.pid)) == 5, 60, "once and its four services")
         os.kill(once.proc.pid, signal.SIGKILL)
         once.proc.wait(10)
         wait_until(lambda: group_members(once.proc.pid) == [], 15, "the orphaned children to exit")

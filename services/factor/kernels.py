@@ -108,6 +108,16 @@ _FILTERS: dict[str, Callable[[Arrays, int], float]] = {
     "ChgPctMax": chg_pct_max, "Volume": volume, "FundingRate": funding_sum, "FundingRateMean": funding_mean}
 
 
+_INPUTS: dict[str, tuple[str, ...]] = {
+    "MtmAtrMean": ("close", "high", "low"), "PctChange": ("close",), "ChgPctMax": ("close",),
+    "Volume": ("quote_volume",), "FundingRate": (FUNDING_RATE,), "FundingRateMean": (FUNDING_RATE,)}
+
+
+def kernel_inputs(name: str) -> tuple[str, ...]:
+    """The columns a built-in plugin's kernel reads (so a caller fetches only those)."""
+    return _INPUTS[name]
+
+
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 

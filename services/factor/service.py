@@ -14,25 +14,16 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import zmq
 
-from services.factor.compute import (
-    NO_FUNDING,
-    Funding,
-    PluginRows,
-    Skipped,
-    check_size,
-    factor_row,
-    read_shared_file,
-    row_builder,
-)
-from shared import bus, security
+from services.factor.compute import PluginRows, row_builder
+from services.factor.pool import RowPool, Task
+from shared import bus, metrics, security
 from shared.bmac import max_file_bytes
 from shared.clock import parse_interval
 from shared.config import SelectorConfig
-from shared.messages import Candles, Envelope, FactorResults, RoundClosed, Skip
+from shared.messages import Candles, Envelope, FactorResults, RoundClosed
 from shared.plugins import build_calculators
 from shared.service import HeartbeatTimer, StopFlag
 from shared.tables import table_to_ipc
@@ -52,15 +43,9 @@ class RoundTally:
         self.compute_ms = 0.0
 
 
-def _funding(body: Candles) -> Funding:
-    if not body.funding_times:
-        return NO_FUNDING
-    return np.asarray(body.funding_times, np.int64), np.asarray(body.funding_rates, np.float64)
-
-
 class FactorWorker:
     def __init__(self, cfg: SelectorConfig, workdir: Path, shard: bus.Shard,
-                 sub: zmq.Socket, out: zmq.Socket, stop: StopFlag, fast: bool = True):
+                 sub: zmq.Socket, out: zmq.Socket, stop: StopFlag, fast: bool = True, workers: int = 1):
         self.cfg = cfg
         self.shard = shard
         self.interval = parse_interval(cfg.interval)
@@ -75,7 +60,9 @@ class FactorWorker:
         self.subscribed = False
         self.tallies: dict[datetime, RoundTally] = defaultdict(RoundTally)
         self.last_run_time: datetime | None = None
-        self.max_file_bytes = max_file_bytes()
+        self.pool = RowPool(cfg, workdir, self.build, workers, fast, int(self.interval.total_seconds() * 1000),
+                            max_file_bytes())
+        log.info("factor shard %s computes on %d process(es) (--workers)", shard, self.pool.workers)
 
     def _on_downstream(self) -> None:
         while True:
@@ -98,36 +85,23 @@ class FactorWorker:
                 batch.append(env)
         return batch
 
+    def _task(self, env: Envelope) -> Task:
+        body: Candles = env.body  # type: ignore[assignment]
+        data = None if body.by_path else bytes(env.payloads[0]) if env.payloads else b""
+        return Task(body.symbol, body.path, data, tuple(body.funding_times or ()), tuple(body.funding_rates or ()))
+
     def _compute(self, candles: list[Envelope]) -> None:
         by_round: dict[datetime, list[Envelope]] = defaultdict(list)
         for env in candles:
             by_round[env.body.run_time].append(env)
         for run_time, envs in by_round.items():
             t0 = time.perf_counter()
-            rows: list[pa.Table] = []
-            symbols: list[str] = []
-            skipped: list[Skip] = []
-            closed_begin = run_time - self.interval
-            for env in envs:
-                body: Candles = env.body  # type: ignore[assignment]
-                if not self.shard.owns(body.symbol):
-                    continue
-                try:
-                    if body.by_path:
-                        data = read_shared_file(body.path, body.symbol, self.max_file_bytes)
-                    else:
-                        data = env.payloads[0] if env.payloads else b""
-                        check_size(data, body.path, body.symbol, self.max_file_bytes)
-                    rows.append(factor_row(data, body.path, body.symbol, self.build,
-                                           self.cfg.min_candle_num, closed_begin, _funding(body)))
-                    symbols.append(body.symbol)
-                except Skipped as s:
-                    skipped.append(s.skip)
-                    level = logging.DEBUG if s.skip.reason == "too_few_candles" else logging.WARNING
-                    log.log(level, "round %s: skipped %s", run_time.isoformat(), s)
-                except Exception as e:  # never let one symbol stop the worker
-                    skipped.append(Skip(symbol=body.symbol, reason="error", detail=f"{type(e).__name__}: {e}"))
-                    log.exception("round %s: %s failed", run_time.isoformat(), body.symbol)
+            tasks = [self._task(env) for env in envs if self.shard.owns(env.body.symbol)]
+            result = self.pool.compute(tasks, run_time - self.interval)
+            rows, symbols, skipped = result.tables, result.symbols, result.skipped
+            for s in skipped:
+                level = logging.DEBUG if s.reason == "too_few_candles" else logging.WARNING
+                log.log(level, "round %s: skipped %s: %s: %s", run_time.isoformat(), s.symbol, s.reason, s.detail)
             compute_ms = (time.perf_counter() - t0) * 1000
             payloads = [table_to_ipc(pa.concat_tables(rows, promote_options="default"))] if rows else []
             self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
@@ -136,7 +110,7 @@ class FactorWorker:
             while len(self.tallies) >= MAX_TALLIES and run_time not in self.tallies:
                 del self.tallies[min(self.tallies)]
             tally = self.tallies[run_time]
-            tally.rows += len(rows)
+            tally.rows += len(symbols)
             tally.compute_ms += compute_ms
             for s in skipped:
                 tally.skipped[s.reason] += 1
@@ -147,6 +121,7 @@ class FactorWorker:
             self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
                 run_time=body.run_time, shard=str(self.shard), symbols=[], skipped=[], last_ready_at=None))
         tally = self.tallies.pop(body.run_time, RoundTally())
+        metrics.factor_round(tally.compute_ms, tally.rows, sum(tally.skipped.values()))
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(tally.skipped.items())) or "none skipped"
         log.info("round %s: shard %s computed %d symbols (%s) in %.1f ms",
                  body.run_time.isoformat(), self.shard, tally.rows, skipped, tally.compute_ms)
@@ -170,7 +145,8 @@ class FactorWorker:
         return 0
 
 
-def main(cfg: SelectorConfig, workdir: Path, shard: bus.Shard, fast: bool = True) -> int:
+def main(cfg: SelectorConfig, workdir: Path, shard: bus.Shard, fast: bool = True, workers: int = 1) -> int:
+    """``workers``: processes computing this shard's rows, this one included (see ``pool.default_workers``)."""
     stop = StopFlag()
     bus.join_stack(workdir)
     keys = security.stack_keys(workdir)
@@ -186,7 +162,11 @@ def main(cfg: SelectorConfig, workdir: Path, shard: bus.Shard, fast: bool = True
     out.connect(position)
     log.info("factor shard %s: SUB connected to market %s, results to position %s, stack %s, %s", shard, market,
              position, bus.current_stack(), "CURVE" if keys else "NOT AUTHENTICATED")
+    worker: FactorWorker | None = None
     try:
-        return FactorWorker(cfg, workdir, shard, sub, out, stop, fast).run()
+        worker = FactorWorker(cfg, workdir, shard, sub, out, stop, fast, workers)
+        return worker.run()
     finally:
+        if worker is not None:
+            worker.pool.close()
         bus.shutdown(ctx, sub, out)

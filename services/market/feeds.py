@@ -39,8 +39,18 @@ class DirectoryFeed:
     def __init__(self, bmac: BmacDir):
         self.bmac = bmac
         self._new: NewFiles | None = None
+        self._markers: NewFiles | None = None
+        self._markers_tried = False
         self._check = ExginfoCheck()
         self.max_bytes = max_file_bytes()
+
+    def marker_watch(self) -> NewFiles | None:
+        """New files in the crawler's exginfo folder (its round markers), once the folder exists: the market
+        polls this with its sockets, so a round starts the moment its marker appears, not at the next poll."""
+        if not self._markers_tried and self.bmac.exginfo_dir.is_dir():
+            self._markers_tried = True
+            self._markers = NewFiles.open(self.bmac.exginfo_dir)
+        return self._markers
 
     def wait_ready(self, run_time: datetime, timeout: float) -> set[str]:
         """Symbols whose marker appeared, as soon as one does (inotify), else by listing the directory.
@@ -117,6 +127,9 @@ class ReplayFeed:
 
     def awaited(self, run_time: datetime) -> list[tuple[str, Path]]:
         return []
+
+    def marker_watch(self) -> None:
+        return None
 
     def exginfo(self, run_time: datetime) -> pd.DataFrame:
         return self._check(self.market.exginfo(), str(self.data_dir))

@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import zmq
 
+from services.alerts.watch import MarketWatch
 from services.market.feeds import DirectoryFeed, ReplayFeed
 from services.market.subscribers import Subscriptions
 from shared import bus, security
@@ -117,6 +118,7 @@ class Market:
         self.progress = progress
         self.progress_inbox = bus.Inbox(ordered=False)
         self.poller = zmq.Poller()  # built once: pump() runs between every batch of ready markers
+        self._markers_polled = False
         for s in (sock, progress):
             if s is not None:
                 self.poller.register(s, zmq.POLLIN)
@@ -124,6 +126,7 @@ class Market:
         self.answered: set[datetime] = set()  # rounds whose selection (or missed entry) came back
         self.send_funding = needs_funding(cfg.factor_specs, cfg.all_filters, workdir)
         self.funding: FundingEvents = {}  # the latest round's funding history, per symbol
+        self.watch = MarketWatch(None if isinstance(self.feed, ReplayFeed) else cfg)  # history is not news
         if isinstance(self.feed, ReplayFeed):
             log.info("rounds from %s", self.feed.describe())
             return
@@ -134,8 +137,15 @@ class Market:
 
     # -- waiting ------------------------------------------------------------------------------
     def pump(self, timeout_ms: int = POLL_MS) -> None:
-        """Serve subscription notifications, the position service's progress and heartbeats for up to timeout_ms."""
+        """Serve subscription notifications, the position service's progress and heartbeats for up to timeout_ms;
+        return early when the crawler writes a round marker (callers then look at the files again)."""
+        markers = self.feed.marker_watch()
+        if markers is not None and not self._markers_polled:
+            self.poller.register(markers.fd, zmq.POLLIN)
+            self._markers_polled = True
         ready = dict(self.poller.poll(timeout_ms))
+        if markers is not None and markers.fd in ready:
+            markers.read()  # only the wake-up matters
         if self.sock in ready:
             while True:
                 try:
@@ -318,6 +328,8 @@ class Market:
         for what, path in self.feed.awaited(run_time):
             if not self.wait_for_file(path, deadline):
                 if not self.stop:
+                    self.watch.late(run_time, f"the crawler's {what} marker did not appear within bmac_expire_sec="
+                                    f"{self.cfg.bmac_expire_sec:g}s")
                     self.missed(run_time, "no_exginfo", f"the crawler's {what} marker {path} did not appear "
                                 f"within bmac_expire_sec={self.cfg.bmac_expire_sec:g}s")
                 return False
@@ -332,6 +344,7 @@ class Market:
                         f"{type(e).__name__}: {e}")
             return False
         universe = [s.symbol for s in specs]
+        self.watch.announced(run_time, universe)
         self._log_orphans(set(universe))
         remaining = max(0.0, deadline - time.monotonic())
         announced = RoundOpen(run_time=run_time, interval=self.cfg.interval, symbols=specs,
@@ -353,6 +366,9 @@ class Market:
             self.pump(0)
             ready = self.feed.wait_ready(run_time, max(0.0, deadline - time.monotonic())) & pending
         missing = {s: self.feed.why_missing(s, run_time) for s in sorted(pending)}
+        if missing and not self.stop:
+            self.watch.late(run_time, f"{len(missing)} of {len(universe)} symbols' candles not ready within "
+                            f"bmac_expire_sec={self.cfg.bmac_expire_sec:g}s: {', '.join(list(missing)[:10])}")
         self.current.closed = RoundClosed(run_time=run_time, missing=missing, last_ready_at=last_ready_at)
         self.pub.send(bus.ROUND_CLOSED, self.current.closed)
         log.info("round %s: %d symbols published, %d missing%s, %.0f ms from exginfo to last ready",

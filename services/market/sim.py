@@ -376,9 +376,20 @@ class ReplayMarket:
 
         exact = {"tickSize": str, "stepSize": str, "minNotional": str}  # the text, not a float's rounding
         rules = pd.read_csv(data_dir / self.EXGINFO, dtype=exact)
-        # The crawler keeps only trading USDT perpetuals in exginfo (BMAC's TradingUsdtSwapFilter).
-        rules = rules[(rules["status"] == "TRADING") & (rules["contractType"] == "PERPETUAL")
-                      & (rules["quoteAsset"] == QUOTE)]
+        # The crawler keeps only trading USDT perpetuals in exginfo (BMAC's TradingUsdtSwapFilter) and
+        # fetches candles for those alone: a SETTLING contract is neither listed nor written, and said so.
+        traded = ((rules["status"] == "TRADING") & (rules["contractType"] == "PERPETUAL")
+                  & (rules["quoteAsset"] == QUOTE))
+        self.untraded = {str(sym): str(status) for sym, status in zip(rules["symbol"][~traded],
+                                                                      rules["status"][~traded], strict=True)
+                         if str(sym) in self._rows}  # symbol -> its status in the exchange info
+        for symbol in self.untraded:
+            del self._rows[symbol]
+        self.symbols = list(self._rows)
+        if self.untraded:
+            log.info("not replayed, as the crawler lists and fetches only trading USDT perpetuals: %s",
+                     ", ".join(f"{sym} (status {st} in the exchange info)" for sym, st in self.untraded.items()))
+        rules = rules[traded]
         self._exginfo = _exginfo_frame(
             [str(s) for s in rules["symbol"]], rules["contractType"], rules["status"], rules["quoteAsset"],
             rules["tickSize"], rules["stepSize"], rules["minNotional"],

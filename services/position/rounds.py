@@ -43,6 +43,7 @@ class RoundState:
     shards: set[str] = field(default_factory=set)
     late: set[str] = field(default_factory=set)
     schema: pa.Schema | None = None  # the received tables' unified schema: each new one must fit it
+    _combined: int = 0  # tables[:_combined] are each CONSOLIDATE_TABLES received tables in one chunk
 
     def __post_init__(self) -> None:
         self.universe = [s.symbol for s in self.open.symbols]
@@ -69,14 +70,18 @@ class RoundState:
         self.shards.add(body.shard)
         if rows is not None:
             self.tables.append(rows)
-            self.schema = rows.schema if self.schema is None else pa.unify_schemas(
-                [self.schema, rows.schema], promote_options="permissive")
+            if self.schema is None:
+                self.schema = rows.schema
+            elif not self.schema.equals(rows.schema):
+                self.schema = pa.unify_schemas([self.schema, rows.schema], promote_options="permissive")
             for i, symbol in enumerate(body.symbols):
                 if symbol in universe and symbol not in self.rows and symbol not in self.skipped:
                     self.rows[symbol] = self.received_rows + i
             self.received_rows += rows.num_rows
-            if len(self.tables) >= CONSOLIDATE_TABLES:  # while waiting for the rest, not at the end
-                self.tables = [pa.concat_tables(self.tables, promote_options="permissive")]
+            if len(self.tables) - self._combined >= CONSOLIDATE_TABLES:  # while waiting for the rest, not at the end
+                fresh = pa.concat_tables(self.tables[self._combined:], promote_options="permissive")
+                self.tables[self._combined:] = [fresh.combine_chunks()]  # one chunk: a take over many is slow
+                self._combined += 1
         for skip in body.skipped:
             if skip.symbol in universe and skip.symbol not in self.rows:
                 self.skipped.setdefault(skip.symbol, f"{skip.reason}: {skip.detail}")
@@ -152,10 +157,40 @@ def offset_books(hour: Hour, previous: Previous, run_time: datetime, period_hour
 @dataclass(frozen=True)
 class Built:
     selection: Selection
-    factors: pd.DataFrame
-    long: pd.DataFrame
+    factors: pd.DataFrame  # symbol, close, the factor and filter columns (and composites): what the strategy read
+    long: pd.DataFrame  # the sized sides over those columns, plus what the strategy added
     short: pd.DataFrame
     factor_table: pa.Table  # the factors as received, plus composite columns: published without another conversion
+    long_table: pa.Table  # each side as published: every received column, then the strategy's (position as text)
+    short_table: pa.Table
+
+
+def _strategy_frame(table: pa.Table, columns: list[str]) -> pd.DataFrame:
+    """The columns the strategy reads, as plain numpy-backed pandas (symbols as Python strings, labels too).
+
+    Converting the candle columns as well doubled the strategy's time, and pandas' Arrow-backed strings
+    cost more than plain objects in every index and column operation on a frame this small.
+    """
+    columns = list(dict.fromkeys(columns))
+    frame = pd.DataFrame({c: pd.Series(table[c].to_numpy(), dtype=object) if c == "symbol" else table[c].to_numpy()
+                          for c in columns})
+    frame.columns = pd.Index(columns, dtype=object)
+    return frame
+
+
+def _side_table(table: pa.Table, row_of: dict[str, int], side: pd.DataFrame) -> pa.Table:
+    """A side as the article's frame has it: the picks' received rows with every column, then the columns the
+    strategy added (rule ranks, composite, position as exact text, pos_val), built in Arrow: converting the
+    whole frame back from pandas cost more than the strategy itself."""
+    rows = table.take(pa.array([row_of[s] for s in side["symbol"].tolist()], pa.int64()))
+    for column in side.columns:
+        if column in rows.column_names:
+            continue
+        values = side[column]
+        array = (pa.array([str(v) for v in values.tolist()], pa.string()) if column == "position"
+                 else pa.Array.from_pandas(values.to_numpy()))
+        rows = rows.append_column(column, array)
+    return rows
 
 
 def _picks(side: pd.DataFrame, ranked_by: str, factors: list[str], filters: list[str]) -> list[Pick]:
@@ -194,7 +229,8 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
     if table is None:  # every symbol skipped or missing: empty sides, with the columns, as promised
         table = pa.table({"symbol": pa.array([], pa.large_string()),
                           **{c: pa.array([], pa.float64()) for c in ["close", *cfg.columns]}})
-    factors = table.to_pandas()
+    received = table
+    factors = _strategy_frame(table, ["symbol", "close", *cfg.columns])
     face_values: dict[str, Decimal] = {s.symbol: s.face_value for s in state.open.symbols if s.face_value}
     skipped = dict(state.skipped)
     pool = candidate_pool(factors, cfg)
@@ -222,6 +258,7 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
         shortfall=Shortfall(pool=choice.pool, long_pool=len(choice.long_pool), short_pool=len(choice.short_pool),
                             long_wanted=choice.long_wanted, long_got=len(long), short_wanted=choice.short_wanted,
                             short_got=len(short)) if choice.shortfall else None,
+        pool=choice.pool,
         coverage=Coverage(expected=len(universe), received=len(state.rows), skipped=skipped, missing=missing,
                           late=sorted(state.late), shards=sorted(state.shards),
                           silent_shards=[s for s in expected_shards or [] if s not in state.shards]),
@@ -233,7 +270,9 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
         previous=previous.targets,
         changes=target_changes(hour.targets, previous.targets),
     )
-    return Built(selection, factors, long, short, table)
+    row_of = {s: i for i, s in enumerate(factors["symbol"].tolist())}
+    return Built(selection, factors, long, short, table, _side_table(received, row_of, long),
+                 _side_table(received, row_of, short))
 
 
 def _side_factors(cfg: SelectorConfig, side: str) -> list[str]:

@@ -16,12 +16,14 @@ import pandas as pd
 
 def drop_non_finite(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Rows whose factor and filter values are all finite (the article's nan/inf filter)."""
-    block = df[list(columns)]
-    try:
-        values = block.to_numpy(dtype=float)
-    except (TypeError, ValueError):  # a plugin returned something other than numbers: not finite
-        values = block.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    return df[np.isfinite(values).all(axis=1)]
+    finite = np.ones(len(df), dtype=bool)
+    for column in columns:  # column by column: no intermediate frame (the backtest calls this every hour)
+        try:
+            values = df[column].to_numpy(dtype=float)
+        except (TypeError, ValueError):  # a plugin returned something other than numbers: not finite
+            values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
+        finite &= np.isfinite(values)
+    return df[finite]
 
 
 def round_to_tick(value: Decimal, tick: Decimal) -> Decimal:
@@ -35,15 +37,15 @@ def target_position(capital: float, close: float, face_value: Decimal) -> Decima
 
 def size_side(side: pd.DataFrame, capital: float, count: int, face_values: Mapping[str, Decimal]) -> pd.DataFrame:
     """Split ``capital`` evenly over ``count`` coins and round each to its lot size (article's assign_position)."""
-    side = side.copy()
+    side = side.copy(deep=False)  # copy-on-write: the new columns never reach the caller's frame
     if side.empty or count == 0:
         side["position"] = pd.Series([], dtype=object, index=side.index)
         side["pos_val"] = pd.Series([], dtype=float, index=side.index)
         return side
     coin_capital = capital / 2 / count
-    side["position"] = [
-        target_position(coin_capital, close, face_values[symbol])
-        for symbol, close in zip(side["symbol"], side["close"], strict=True)
-    ]
-    side["pos_val"] = side["position"].astype(float) * side["close"]
+    closes = side["close"].tolist()  # plain lists: iterating Arrow-backed columns goes element by element
+    position = [target_position(coin_capital, close, face_values[symbol])
+                for symbol, close in zip(side["symbol"].tolist(), closes, strict=True)]
+    side["position"] = np.array(position, dtype=object)
+    side["pos_val"] = np.array([float(p) * c for p, c in zip(position, closes, strict=True)], dtype=float)
     return side

@@ -26,7 +26,8 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from services.position.checks import MAX_TABLE_BYTES, BadResults, Rejects, fits, normalise_table
+from services.alerts.watch import PositionWatch
+from services.position.checks import MAX_TABLE_BYTES, BadResults, Rejects, TableCheck, fits
 from services.position.missed import MAX_GAP_LISTED, MissedLog, gap_hours
 from services.position.rounds import Pending, Previous, RoundState, build_selection
 from services.position.shards import ShardWatch
@@ -48,19 +49,12 @@ from shared.messages import (
     encode_unsequenced,
 )
 from shared.service import HeartbeatTimer, StopFlag
-from shared.tables import frame_to_ipc, ipc_to_table, table_to_ipc
+from shared.tables import IpcTables, table_to_ipc
 
 log = logging.getLogger("position")
 RETAINED_SELECTIONS = 48
 STATE_FILE = Path("state") / "position_latest.msgpack"
 MISSED_FILE = "position_missed.msgpack"
-
-
-def _as_text(side):
-    """Decimal positions travel as their exact text."""
-    side = side.copy()
-    side["position"] = side["position"].map(str).astype(object)
-    return side
 
 
 SAYS: dict[str, tuple[type, ...]] = {
@@ -135,11 +129,17 @@ class Position:
         self.rounds: dict[datetime, RoundState] = {}
         self.pending = Pending()
         self.rejects = Rejects()
+        self.check_table = TableCheck(cfg.columns)
+        self.read_table = IpcTables()
         self.finished: set[datetime] = {self.store.latest.run_time} if self.store.latest else set()
         self.missed = MissedLog(state_file.parent / MISSED_FILE if state_file is not None else None)
         self.finished |= self.missed.run_times()
         self.interval = parse_interval(cfg.interval)
         self.late = 0
+        self.reannounced: set[datetime] = set()  # published rounds a restarted market runs again: results expected
+        self.late_logged: set[tuple[datetime, str]] = set()  # (round, shard) whose late results were logged
+        self.watch = PositionWatch(cfg, self.store.latest,
+                                   {"rejected": lambda: self.rejects.total, "late": lambda: self.late})
 
     # -- inputs -------------------------------------------------------------------------------
     def admissible(self, source: str, env: Envelope) -> bool:
@@ -156,6 +156,7 @@ class Position:
     def on_message(self, env: Envelope) -> None:
         body = env.body
         if isinstance(body, Heartbeat):
+            self.watch.heard(env.header.sender)
             if body.service == "factor" and body.state.get("subscribed"):  # alive and listening to the market
                 try:
                     shard = str(bus.Shard.parse(str(body.state.get("shard"))[:16]))
@@ -165,8 +166,10 @@ class Position:
                 self.shards.heard(shard)
         elif isinstance(body, RoundOpen):
             if body.run_time in self.finished:
-                log.info("round %s announced again (a restarted market?); already published, ignored",
-                         body.run_time.isoformat())
+                if body.run_time not in self.reannounced:
+                    log.info("round %s announced again (a restarted market?); already published, so it and its "
+                             "results are ignored", body.run_time.isoformat())
+                    self.reannounced = {*sorted(self.reannounced)[-7:], body.run_time}
                 return
             if body.run_time in self.rounds:
                 log.info("round %s announced again before it completed; gathering afresh",
@@ -185,8 +188,11 @@ class Position:
             elif body.run_time in self.finished:
                 if isinstance(body, FactorResults) and (body.symbols or body.skipped):
                     self.late += len(body.symbols) + len(body.skipped)
-                    log.warning("round %s: results from shard %s after the round was published, dropped: %s",
-                                body.run_time.isoformat(), body.shard,
+                    if body.run_time in self.reannounced or (body.run_time, body.shard) in self.late_logged:
+                        return  # said once: at the announcement, or for this round and shard (counted in late)
+                    self.late_logged = {*sorted(self.late_logged)[-63:], (body.run_time, body.shard)}
+                    log.warning("round %s: results from shard %s after the round was published, dropped: %s "
+                                "(said once per round and shard)", body.run_time.isoformat(), body.shard,
                                 ", ".join(body.symbols[:10] + [s.symbol for s in body.skipped[:10]]))
             else:
                 self._hold(env)
@@ -241,10 +247,10 @@ class Position:
         if size > MAX_TABLE_BYTES:
             raise BadResults(f"a table of {size} bytes, over the {MAX_TABLE_BYTES} limit")
         try:
-            table = ipc_to_table(env.payloads[0])
+            table = self.read_table(env.payloads[0])
         except Exception as e:  # Arrow raises several types on malformed bytes
             raise BadResults(f"unreadable table ({type(e).__name__}: {str(e)[:200]})") from None
-        table = normalise_table(table, body.symbols, self.cfg.columns)
+        table = self.check_table(table, body.symbols)
         problem = fits(state.schema, table)
         if problem:
             raise BadResults(problem)
@@ -312,6 +318,7 @@ class Position:
         self.finished.add(run_time)
         missed = Missed(run_time=run_time, reason=reason, detail=detail)
         self.missed.add(missed, self.pub.send(bus.SELECTION, missed))
+        self.watch.missed(missed)
         log.error("round %s MISSED (%s): %s", run_time.isoformat(), reason, detail)
 
     def shards_ready(self) -> bool:
@@ -353,13 +360,14 @@ class Position:
                                    f"missing at the deadline ({', '.join(cov.missing[:10])}"
                                    f"{'...' if len(cov.missing) > 10 else ''}) and incomplete_round is withhold")
                 return
-        payloads = [table_to_ipc(built.factor_table), frame_to_ipc(_as_text(built.long)),
-                    frame_to_ipc(_as_text(built.short))]
+        payloads = [table_to_ipc(built.factor_table), table_to_ipc(built.long_table),
+                    table_to_ipc(built.short_table)]
         self.store.add(sel, self.pub.send(bus.SELECTION, sel, payloads))
+        self.watch.published(sel, built.factors, latest)
         short = sel.shortfall
         log.info("round %s: %d long, %d short, pool %d, symbols %d/%d%s%s, shards %s, latency %s",
                  sel.run_time.isoformat(), len(sel.long), len(sel.short),
-                 short.pool if short else len(built.factors), cov.received, cov.expected,
+                 sel.pool, cov.received, cov.expected,
                  f", {len(cov.skipped)} skipped" if cov.skipped else "",
                  f", SHORTFALL long {short.long_got}/{short.long_wanted} short {short.short_got}/{short.short_wanted}"
                  if short else "", ",".join(cov.shards) or "none",
@@ -387,6 +395,7 @@ class Position:
             self.finish_due_rounds()
             self.store.save()  # retries a state file the disk refused
             self.shards.check()
+            self.watch.shards(self.shards.silent)
             latest = self.store.latest
             self.heartbeat.tick(latest.run_time if latest else None,
                                 selection_seq=self.pub.last_seq(bus.SELECTION), late=self.late,

@@ -57,7 +57,7 @@ def apply_rules(pool: pd.DataFrame, rules: Sequence[FilterRule]) -> pd.DataFrame
         how, op, value = rule.parsed
         values = rule_values(pool, rule.column, how, rule.ascending)
         if how != "val":
-            pool = pool.copy()
+            pool = pool.copy(deep=False)  # copy-on-write: the new column never reaches the caller's frame
             pool[f"{rule.column}_{how}"] = values
         pool = pool.loc[_COMPARE[op](values, value)]
     return pool
@@ -103,7 +103,7 @@ def order_side(pool: pd.DataFrame, factors: Sequence[FactorSpec], composite_colu
         return pool.sort_values(factors[0].column, ascending=factors[0].reverse)
     if composite_column is None:
         raise ValueError("several factors need a composite column name")
-    pool = pool.copy()
+    pool = pool.copy(deep=False)  # copy-on-write, as in apply_rules
     pool[composite_column] = composite(pool, factors)
     return pool.sort_values(composite_column, ascending=True, kind="mergesort")
 
@@ -134,8 +134,8 @@ def pick_sides(long_ordered: pd.DataFrame, short_ordered: pd.DataFrame, long_wan
             n_long, n_short = n * long_wanted // wanted, n * short_wanted // wanted
     else:
         n_long, n_short = min(long_wanted, len(long_ordered)), min(short_wanted, len(short_ordered))
-    short = short_ordered.head(n_short).copy()
-    long = long_ordered.tail(n_long).copy() if n_long else long_ordered.iloc[0:0].copy()
+    short = short_ordered.head(n_short)  # copy-on-write: no defensive copies needed
+    long = long_ordered.tail(n_long) if n_long else long_ordered.iloc[0:0]
     return long, short, n_long < long_wanted or n_short < short_wanted
 
 
@@ -211,9 +211,9 @@ def size_choice(choice: Choice, capital: float, face_values: Mapping[str, Decima
 def side_targets(long: pd.DataFrame, short: pd.DataFrame) -> dict[str, Decimal]:
     """Signed contracts: long +, short -; a coin on both sides nets out."""
     targets: dict[str, Decimal] = {}
-    for symbol, position in zip(long["symbol"], long["position"], strict=True):
+    for symbol, position in zip(long["symbol"].tolist(), long["position"].tolist(), strict=True):
         targets[symbol] = targets.get(symbol, Decimal(0)) + position
-    for symbol, position in zip(short["symbol"], short["position"], strict=True):
+    for symbol, position in zip(short["symbol"].tolist(), short["position"].tolist(), strict=True):
         targets[symbol] = targets.get(symbol, Decimal(0)) - position
     return targets
 

@@ -1,0 +1,1 @@
+"""The original program's ``utils`` package (only ``diff`` is used by factor files)."""

@@ -1,0 +1,1 @@
+"""The dashboard: one page over a work directory (``alphabus dashboard``)."""

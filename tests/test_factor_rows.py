@@ -1,0 +1,257 @@
+"""The plugin path's cheaper frame and row against Arrow's own conversions, and the factor pool's processes.
+
+The frame a plugin gets must be the one ``pandas.read_feather`` gives the article (plus ``symbol`` and
+``funding_rate``), the published row the one ``pa.Table.from_pandas`` made of the newest row, and a
+pool's rows those of the service computing alone, whatever a pool process does (dies included).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from services.factor.compute import (
+    FUNDING_RATE,
+    HOUR_MS,
+    PluginRows,
+    candle_begin_ms,
+    candle_frame,
+    funding_column,
+    newest_row,
+    row_builder,
+)
+from services.factor.pool import RowPool, Task, compute_rows, default_workers
+from services.market.sim import SyntheticMarket, write_hour
+from shared.bmac import BmacDir, max_file_bytes, read_candle_table
+from shared.config import FactorSpec, FilterSpec, load_config
+from shared.plugins import build_calculators
+from tests.conftest import write_config
+from tests.test_factors import real_candles, synthetic_candles
+
+# Users' factor files as the article's users write them: TA-Lib, plain pandas that also leaves a helper
+# column and changes a column the built-in Volume filter reads, df['symbol'], utils.diff.
+USER_FACTORS = {
+    "Cci": "import talib as ta\n\n\ndef signal(*args):\n    df, n, d_num, name = args\n"
+           "    df[name] = ta.CCI(df['high'], df['low'], df['close'], timeperiod=n)\n    return df\n",
+    "Roll": "def signal(*args):\n    df, n, d_num, name = args\n"
+            "    mean = df['close'].rolling(n, min_periods=1).mean()\n    df['roll_mean'] = mean\n"
+            "    df['quote_volume'] = df['quote_volume'] * 2\n"
+            "    df[name] = (df['close'] - mean) / df['close'].rolling(n, min_periods=2).std()\n    return df\n",
+    "Named": "def signal(*args):\n    df, n, d_num, name = args\n"
+             "    df[name] = df['close'].pct_change(n) * (1 + len(df['symbol'].iat[-1]) / 100)\n    return df\n",
+    "Diffed": "from utils.diff import add_diff\n\n\ndef signal(*args):\n    df, n, d_num, name = args\n"
+              "    df[name] = df['close'].pct_change(n)\n    return add_diff(df, 0.5, name)\n",
+}
+
+
+def user_workdir(root: Path, **config) -> Path:
+    (root / "factors").mkdir(parents=True, exist_ok=True)
+    for name, code in USER_FACTORS.items():
+        (root / "factors" / f"{name}.py").write_text(code)
+    return write_config(root, root / "bmac", min_candle_num=100, **config)
+
+
+def calculators(workdir: Path, factor: str, back_hour: int = 24):
+    return build_calculators([FactorSpec.model_validate([factor, True, back_hour, 0, 1])],
+                             [FilterSpec.model_validate(f) for f in (["ChgPctMax", 24], ["Volume", 24])], workdir)
+
+
+def arrow_frame(table: pa.Table, symbol: str, rates: np.ndarray) -> pd.DataFrame:
+    """The article's frame the generic way: Arrow's to_pandas, then two column inserts; names as Python strings."""
+    df = table.to_pandas()
+    df["symbol"] = symbol
+    df[FUNDING_RATE] = rates
+    df.columns = df.columns.astype(object)
+    return df
+
+
+def as_table(df: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+
+
+@pytest.fixture(scope="module")
+def sim_tables(tmp_path_factory) -> dict[str, pa.Table]:
+    """Crawler files as the simulator writes them: microsecond zoned times, int64 and float64 columns."""
+    bmac = BmacDir(tmp_path_factory.mktemp("bmac"), "1h")
+    write_hour(bmac, SyntheticMarket(symbols=12, history=400), 3)
+    return {s: read_candle_table(bmac.candle_path(s).read_bytes(), s) for s in sorted(bmac.candle_symbols())}
+
+
+# -- the frame --------------------------------------------------------------------------------------------
+def test_candle_frame_is_arrows_frame_on_crawler_files(sim_tables):
+    for symbol, table in sim_tables.items():
+        rates = np.linspace(0, 1e-3, table.num_rows)
+        frame = candle_frame(table, symbol, rates)
+        pd.testing.assert_frame_equal(frame, arrow_frame(table, symbol, rates))
+        assert frame.columns.dtype == object
+
+
+def test_candle_frame_is_arrows_frame_on_real_candles(real_data):
+    for df in real_candles(real_data):
+        table = as_table(df)
+        zeros = np.zeros(table.num_rows)
+        pd.testing.assert_frame_equal(candle_frame(table, "BTCUSDT", zeros), arrow_frame(table, "BTCUSDT", zeros))
+
+
+@pytest.mark.parametrize("change", ["utc", "fixed_offset", "ms", "int32", "null_volume", "string", "symbol_column",
+                                    "two_chunks"])
+def test_candle_frame_is_arrows_frame_on_unusual_files(change):
+    df = synthetic_candles(50, 1)
+    table = as_table(df)
+    times = table["candle_begin_time"]
+    if change in ("utc", "fixed_offset", "ms"):
+        kind = pa.timestamp("ms" if change == "ms" else "us", {"utc": "UTC", "fixed_offset": "+08:00"}.get(change,
+                                                                                                          "Asia/Tokyo"))
+        table = table.set_column(0, "candle_begin_time", times.cast(kind))
+    elif change == "int32":
+        table = table.append_column("trade_num", pa.array(np.arange(50, dtype=np.int32)))
+    elif change == "null_volume":
+        table = table.set_column(5, "volume", pa.array([None, *df["volume"].iloc[1:]], pa.float64()))
+    elif change == "string":
+        table = table.append_column("note", pa.array(["x"] * 50))
+    elif change == "symbol_column":  # a file's own symbol column is replaced where it stands, as df[...] = does
+        table = table.add_column(1, "symbol", pa.array(["OLD"] * 50))
+    else:
+        table = pa.concat_tables([table.slice(0, 20), table.slice(20)])
+    rates = np.full(50, 1e-4)
+    pd.testing.assert_frame_equal(candle_frame(table, "XUSDT", rates), arrow_frame(table, "XUSDT", rates))
+
+
+# -- the row ----------------------------------------------------------------------------------------------
+def from_pandas_row(df: pd.DataFrame) -> pa.Table:
+    """The published row the generic way, as the service made it before."""
+    row = df.iloc[[-1]].drop(columns=[FUNDING_RATE], errors="ignore")
+    return pa.Table.from_pandas(row, preserve_index=False).replace_schema_metadata(None)
+
+
+def test_newest_row_is_from_pandas_row_whatever_the_plugins_added(sim_tables):
+    symbol, table = next(iter(sim_tables.items()))
+    df = candle_frame(table, symbol, np.zeros(table.num_rows))
+    df["F_bh_24"] = df["close"].pct_change(24)
+    df["all_nan"] = np.nan  # must stay a double column holding null, not become a null column
+    df["count"] = np.arange(len(df))
+    df["flag"] = df["close"] > df["open"]
+    df["label"] = "up"
+    df["high"] = df["high"] * 2  # a plugin that changes a file column: the row shows the changed value
+    expected = from_pandas_row(df)
+    row = newest_row(df, table.schema)
+    assert row.schema.names == expected.schema.names
+    for name in expected.schema.names:
+        assert row[name].to_pylist() == expected[name].to_pylist(), name
+        if name != "label":  # a plugin's text column is a string either way; symbol is large_string as before
+            assert row.schema.field(name).type == expected.schema.field(name).type, name
+
+
+# -- plugins and kernels ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("factor", list(USER_FACTORS))
+def test_user_plugins_give_the_whole_file_result(tmp_path, sim_tables, factor):
+    """Kernels for the built-in filters after a user's factor, cheaper frame and row: the same row as every
+    plugin called on the Arrow library's frame (1e-9 relative for the kernels' columns, exact elsewhere)."""
+    workdir = user_workdir(tmp_path)
+    calcs = calculators(workdir, factor)
+    build = row_builder(calcs)
+    assert isinstance(build, PluginRows) and [c for c, _ in build.tail] == ["ChgPctMax_fl_24", "Volume_fl_24"]
+    for symbol, table in sim_tables.items():
+        times = candle_begin_ms(table)[::8] + HOUR_MS
+        funding = (times, np.linspace(-1e-4, 3e-4, len(times)))
+        df = arrow_frame(table, symbol, funding_column(candle_begin_ms(table), funding))
+        for calc in calcs:
+            df = calc(df)
+        expected, row = from_pandas_row(df), build(table, symbol, funding)
+        assert row.schema.names == expected.schema.names
+        for name in expected.schema.names:
+            if name in ("ChgPctMax_fl_24", "Volume_fl_24"):
+                np.testing.assert_allclose(row[name].to_numpy(), expected[name].to_numpy(), rtol=1e-9, err_msg=name)
+            else:
+                assert row[name].to_pylist() == expected[name].to_pylist(), (symbol, name)
+
+
+# -- the pool ---------------------------------------------------------------------------------------------
+def test_default_workers_divides_the_cores_among_shards(monkeypatch):
+    monkeypatch.delenv("ALPHABUS_FACTOR_WORKERS", raising=False)
+    assert default_workers(1) >= default_workers(2) >= default_workers(10**6) == 1
+    monkeypatch.setenv("ALPHABUS_FACTOR_WORKERS", "3")
+    assert default_workers(2) == 3
+    monkeypatch.setenv("ALPHABUS_FACTOR_WORKERS", "two")
+    with pytest.raises(ValueError, match="ALPHABUS_FACTOR_WORKERS='two' is not a positive whole number"):
+        default_workers(1)
+
+
+def bmac_tasks(tmp_path: Path, symbols: int = 16) -> tuple[list[Task], object]:
+    bmac = BmacDir(tmp_path / "bmac", "1h")
+    market = SyntheticMarket(symbols=symbols, history=300)
+    run_time = write_hour(bmac, market, 2)
+    names = sorted(bmac.candle_symbols())
+    tasks = [Task(s, str(bmac.candle_path(s)), None) for s in names[: symbols // 2]]
+    tasks += [Task(s, str(bmac.candle_path(s)), bmac.candle_path(s).read_bytes()) for s in names[symbols // 2:]]
+    return tasks, run_time - timedelta(hours=1)
+
+
+def rows_by_symbol(rows) -> dict[str, dict]:
+    table = pa.concat_tables(rows.tables) if rows.tables else None
+    return {s: {k: v[0] for k, v in table.slice(i, 1).to_pydict().items()} for i, s in enumerate(rows.symbols)}
+
+
+def test_a_pool_gives_the_rows_of_one_process_and_survives_its_processes_dying(tmp_path):
+    """Two processes (this one and one pool process) with the users' plugins; a plugin that kills its
+    process costs that process's share of the round, reported as skipped, and a replacement serves the next."""
+    (tmp_path / "factors").mkdir()
+    (tmp_path / "factors" / "Fatal.py").write_text(
+        "import os\n\n\ndef signal(*args):\n    df, n, d_num, name = args\n"
+        "    if (os.environ.get('FATAL_SYMBOL') == df['symbol'].iat[-1]\n"
+        "            and os.getpid() != int(os.environ['SERVICE_PID'])):\n"
+        "        os._exit(3)\n"
+        "    df[name] = df['close'].pct_change(n)\n    return df\n")
+    tasks, closed_begin = bmac_tasks(tmp_path)
+    three = [["Roll", True, 24, 0, 1], ["Named", False, 12, 0, 1], ["Diffed", True, 6, 0, 1]]
+    for factor in (three, ["Fatal", True, 24, 0, 1]):
+        workdir = user_workdir(tmp_path, factor=factor, long_num=0.1, short_num=0.1)
+        cfg = load_config(workdir)
+        build = row_builder(build_calculators(cfg.factor_specs, cfg.all_filters, workdir))
+        alone = compute_rows(tasks, build, cfg.min_candle_num, closed_begin, max_file_bytes())
+        assert len(alone.symbols) == len(tasks) and not alone.skipped
+        if factor is three:
+            pool = RowPool(cfg, workdir, build, 2, True, HOUR_MS, max_file_bytes())
+            try:
+                assert pool.wait_started(120)
+                pooled = pool.compute(tasks, closed_begin)
+                assert {pool.share(s) for s in pooled.symbols} == {0, 1}  # both processes computed some
+                assert rows_by_symbol(pooled) == rows_by_symbol(alone) and not pooled.skipped
+                assert {"roll_mean", "Named_bh_12", "Diffed_bh_6"} <= set(pooled.tables[0].column_names)
+            finally:
+                pool.close()
+    # Fatal: the pool process dies on one of its symbols; the service process computes the same symbol fine
+    import os
+
+    pool = RowPool(cfg, workdir, build, 2, True, HOUR_MS, max_file_bytes())
+    try:
+        victim = next(t.symbol for t in tasks if pool.share(t.symbol) == 1)
+        os.environ["SERVICE_PID"] = str(os.getpid())
+        os.environ["FATAL_SYMBOL"] = victim
+        pool._replace(pool.procs[0])  # a process started after the variables are set, so it sees them
+        assert pool.wait_started(120)
+        dying = pool.compute(tasks, closed_begin)
+        lost = {t.symbol for t in tasks if pool.share(t.symbol) == 1}
+        assert {s.symbol for s in dying.skipped} == lost and all("died" in s.detail for s in dying.skipped)
+        assert set(dying.symbols) == {t.symbol for t in tasks} - lost
+        assert rows_by_symbol(dying) == {s: r for s, r in rows_by_symbol(alone).items() if s not in lost}
+        del os.environ["FATAL_SYMBOL"]
+        pool._replace(pool.procs[0])
+        assert pool.wait_started(120)
+        pool.procs[0].process.kill()  # killed between rounds: its share is computed here, and it is replaced
+        pool.procs[0].process.join()
+        killed = pool.compute(tasks, closed_begin)
+        assert rows_by_symbol(killed) == rows_by_symbol(alone) and not killed.skipped
+        after = pool.compute(tasks, closed_begin)
+        assert rows_by_symbol(after) == rows_by_symbol(alone) and not after.skipped
+        assert pool.restarts == 4
+    finally:
+        os.environ.pop("FATAL_SYMBOL", None)
+        os.environ.pop("SERVICE_PID", None)
+        pool.close()
+    assert all(not p.process.is_alive() for p in pool.procs)
