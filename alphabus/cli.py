@@ -356,7 +356,8 @@ def _compare_live(workdir: Path, opts, summary: dict, hours: int) -> dict:
             if (workdir / kind).is_dir():
                 shutil.copytree(workdir / kind, live / kind)
         run_times = [market.run_time(first + k) for k in range(hours)]
-        with Services(loopback_endpoints()) as services:
+        quiet = {**loopback_endpoints(), "ALPHABUS_ALERTS": "off"}  # a replay of history alerts nobody
+        with Services(quiet) as services:
             start_stack(services, live, market_args=["--replay", str(opts.data), "--first-hour", str(1500 + first),
                                                      "--hours", str(hours), "--await-subscribers", "60"])
             services.procs["market"].wait(600)
