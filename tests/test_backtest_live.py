@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from services.backtest.engine import build_tape, choose_hours
 from services.backtest.factors import FactorJob, calculators, symbol_factors
@@ -25,6 +26,7 @@ from tests.stack import StackRun
 HOURS = 20
 
 
+@pytest.mark.slow
 def test_backtest_equals_the_live_stack_on_hours_spread_over_the_data(tmp_path, real_data):
     market = ReplayMarket(real_data)  # hour 0 is candle 1500: the first file of 1500 candles
     picked = sorted({int(k) for k in np.linspace(0, market.hours - 1, HOURS)})

@@ -67,6 +67,7 @@ def test_an_environment_that_cannot_be_made_is_one_sentence_and_exit_2(tmp_path,
     assert err[-1].startswith("bench: cannot create the original program's environment in ") and "file/venv" in err[-1]
 
 
+@pytest.mark.slow
 def test_quick_bench_with_a_user_plugin_prints_a_table_and_a_complete_json_line():
     # A long grace: a round slowed by a busy machine still completes, so its picks must equal the original's.
     out = subprocess.run([sys.executable, "-m", "bench", "--quick", "--rounds", "1", "--replay-rounds", "2",

@@ -295,6 +295,7 @@ def assert_same_files(local: Path, recorded: Path, run_time: datetime) -> None:
 
 
 # -- the test ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_compose_on_the_simulated_market_with_a_lost_shard(tmp_path):
     started = time.monotonic()
     timings: dict[str, float] = {}

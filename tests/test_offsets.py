@@ -14,6 +14,7 @@ from decimal import Decimal
 from itertools import pairwise
 
 import pandas as pd
+import pytest
 
 from services.market.sim import SyntheticMarket, write_hour
 from services.recorder.files import history_paths
@@ -83,6 +84,7 @@ def _assert_offsets_step(selections: list[dict]) -> None:
         assert now["previous"] == before["targets"] and now["hold_period"] == f"{PERIOD}H"
 
 
+@pytest.mark.slow
 def test_six_offsets_rebalance_on_their_hours_and_a_killed_position_service_changes_nothing(tmp_path):
     market = SyntheticMarket(symbols=SYMBOLS, seed=31)
     overrides = {"hold_period": f"{PERIOD}H", "capital_usdt": 6000}

@@ -18,6 +18,7 @@ HOURS = 24
 FIRST = 2500
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shards", [1, 2])
 def test_replayed_rounds_equal_rounds_computed_alone(tmp_path, real_data, shards):
     workdir = write_config(tmp_path / "work", tmp_path / "unused")

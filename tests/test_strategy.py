@@ -114,6 +114,7 @@ def assert_same_side(ours: pd.DataFrame, theirs: pd.DataFrame, what: str) -> Non
 POOL_SIZES = st.one_of(st.integers(0, 30), st.integers(100, 220))
 
 
+@pytest.mark.slow
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), n=POOL_SIZES, seed=st.integers(0, 2**31), start=st.integers(470_000, 480_000))
 def test_the_core_equals_the_reference_hour_by_hour(data, n, seed, start):
