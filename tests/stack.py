@@ -93,3 +93,19 @@ def wait_for_file(path: Path, timeout: float, healthy=lambda: True) -> None:
         assert status is True, status
         assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
         time.sleep(0.05)
+
+
+def children_named(parent: int, word: str) -> list[int]:
+    """Live children of ``parent`` with ``word`` as one of their arguments, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if ppid == parent and word.encode() in argv:
+            found.append(int(entry.name))
+    return found

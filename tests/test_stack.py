@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from services.market.sim import ReplayMarket, SyntheticMarket, write_hour
 from tests.conftest import write_config
 from tests.reference import article_round, assert_same_round
-from tests.stack import StackRun
+from tests.stack import StackRun, children_named
 
 
 @pytest.mark.parametrize("send", ["paths", "bytes"])
@@ -30,20 +29,7 @@ def test_consecutive_hours_match_the_article_on_the_simulated_market(tmp_path, s
             assert_same_round(stack.workdir, run_time, expected)
         if send == "paths":
             factor = next(p for name, p in stack.services.procs.items() if name.startswith("factor"))
-            assert len(spawned_children(factor.pid)) == 1  # the pool's second process computed its share
-
-
-def spawned_children(parent: int) -> list[int]:
-    """multiprocessing's spawned children of a process (a factor pool's processes), from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent \
-                    and b"spawn_main" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+            assert len(children_named(factor.pid, "--multiprocessing-fork")) == 1  # the pool's second process
 
 
 def test_consecutive_hours_match_the_article_on_real_data(tmp_path, real_data):

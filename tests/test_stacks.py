@@ -23,7 +23,7 @@ from shared.bmac import BmacDir
 from shared.clock import latest_boundary, zone
 from tests.conftest import write_config
 from tests.reference import assert_same_round
-from tests.stack import wait_for_file
+from tests.stack import children_named, wait_for_file
 
 ALPHABUS = Path(sys.executable).with_name("alphabus")
 
@@ -57,21 +57,6 @@ def service_members(pgid: int) -> list[int]:
         except OSError:
             return False
     return [pid for pid in group_members(pgid) if ours(pid)]
-
-
-def children_named(parent: int, word: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if ppid == parent and word.encode() in argv:
-            found.append(int(entry.name))
-    return found
 
 
 def wait_until(condition, timeout: float, what: str) -> None:

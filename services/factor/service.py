@@ -49,8 +49,9 @@ class FactorWorker:
         self.cfg = cfg
         self.shard = shard
         self.interval = parse_interval(cfg.interval)
+        interval_ms = int(self.interval.total_seconds() * 1000)
         self.build = row_builder(build_calculators(cfg.factor_specs, cfg.all_filters, workdir), fast=fast,
-                                 interval_ms=int(self.interval.total_seconds() * 1000))
+                                 interval_ms=interval_ms)
         log.info("factor rows by the %s", "built-in kernels (fast path)" if not isinstance(
             self.build, PluginRows) else "plugins' signal functions")
         self.sub, self.out, self.stop = sub, out, stop
@@ -60,7 +61,7 @@ class FactorWorker:
         self.subscribed = False
         self.tallies: dict[datetime, RoundTally] = defaultdict(RoundTally)
         self.last_run_time: datetime | None = None
-        self.pool = RowPool(cfg, workdir, self.build, workers, fast, int(self.interval.total_seconds() * 1000),
+        self.pool = RowPool(cfg, workdir, self.build, workers, fast, interval_ms,
                             max_file_bytes())
         log.info("factor shard %s computes on %d process(es) (--workers)", shard, self.pool.workers)
 
