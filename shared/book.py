@@ -23,6 +23,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from shared.quantities import exposure
+
 FILL_COLUMNS = ("run_time", "symbol", "qty", "price", "notional", "fee")
 EQUITY_COLUMNS = ("run_time", "equity", "cash", "gross", "net", "positions", "pnl")
 
@@ -117,10 +119,9 @@ def trade_round(book: PaperBook, run_time: datetime, targets: Mapping[str, Decim
                     fees=book.fees + fees, funding=book.funding + funding_paid)
     equity = tidy(after.equity())  # as equity.csv writes it, so the book and the file agree exactly
     after = replace(after, last_equity=equity)
-    values = [float(q) * prices[s] for s, q in holdings.items()]
-    row = {"run_time": stamp, "equity": equity, "cash": cash, "gross": sum(abs(v) for v in values),
-           "net": sum(values), "positions": len(holdings), "pnl": equity - book.last_equity,
-           "long": sum(v for v in values if v > 0), "short": -sum(v for v in values if v < 0),
+    held = exposure(holdings, prices)
+    row = {"run_time": stamp, "equity": equity, "cash": cash, "gross": held.gross, "net": held.net,
+           "positions": len(holdings), "pnl": equity - book.last_equity, "long": held.long, "short": held.short,
            "fees": fees, "funding": funding_paid, "turnover": traded}
     return after, RoundOutcome(fills, row, unpriced, carried)
 
