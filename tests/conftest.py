@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -34,3 +36,45 @@ def write_config(workdir: Path, bmac_dir: Path | str, **overrides) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "factor_calc.json").write_text(json.dumps(article_config(bmac_dir, **overrides), indent=1))
     return workdir
+
+
+class ServiceLog:
+    """Everything this test's processes wrote to stderr so far, read through a handle of our own on
+    pytest's capture file (``capfd`` must be active).
+
+    ``capfd.readouterr()`` truncates that file after reading it: a line a service writes between the
+    read and the truncation is lost, and a test waiting for that line fails once in a while. This handle
+    never truncates; it reads on from where it stopped.
+    """
+
+    def __init__(self) -> None:
+        self._file: BinaryIO | None = None
+        self._bytes = b""
+
+    def read(self) -> str:
+        if self._file is None:  # opened in the test itself: pytest swaps fd 2 between setup and call
+            self._file = open("/proc/self/fd/2", "rb")  # held for the test; close() closes it
+        self._bytes += self._file.read()
+        return self._bytes.decode(errors="replace")
+
+    def wait_for(self, needle: str, timeout: float = 10.0, poke=None) -> str:
+        """Until ``needle`` was written (``poke`` is called between looks); returns the log so far."""
+        deadline = time.monotonic() + timeout
+        while needle not in (text := self.read()):
+            assert time.monotonic() < deadline, f"no log line with {needle!r} within {timeout}s in:\n{text}"
+            if poke:
+                poke()
+            time.sleep(0.1)
+        return text
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+@pytest.fixture
+def service_log(capfd):
+    """The services' stderr as the test goes (see ServiceLog); capfd keeps it out of the terminal."""
+    log = ServiceLog()
+    yield log
+    log.close()

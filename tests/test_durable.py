@@ -38,6 +38,7 @@ from shared.book import PaperBook, trade_round
 from shared.durable import RetryQueue
 from shared.messages import Coverage, Header, Selection, decode, encode
 from shared.tables import frame_to_ipc
+from tests.conftest import ServiceLog
 from tests.reference import recorded_round
 from tests.stack import StackRun
 
@@ -381,26 +382,25 @@ def assert_same_as(calm_dir: Path, rough_dir: Path, market: SyntheticMarket) -> 
     assert_book_matches_fills(rough_dir, [market.run_time(k).isoformat() for k in range(HOURS)])
 
 
-def _wait_for_published(capfd, seen: list[str], run_time: datetime, timeout: float = 30.0) -> None:
+def _wait_for_published(log: ServiceLog, run_time: datetime, timeout: float = 30.0) -> None:
     """Until the position service logs that it published run_time (no disk involved)."""
     line = re.compile(rf"position\s+round {re.escape(run_time.isoformat())}: \d+ long")
     deadline = time.monotonic() + timeout
-    while not line.search(seen[0]):
+    while not line.search(log.read()):
         assert time.monotonic() < deadline, f"round {run_time.isoformat()} was not published within {timeout}s"
         time.sleep(0.1)
-        seen[0] += capfd.readouterr().err
 
 
-def test_a_read_only_then_full_work_directory_delays_every_writer_and_loses_nothing(tmp_path, calm, capfd):
+def test_a_read_only_then_full_work_directory_delays_every_writer_and_loses_nothing(tmp_path, calm, service_log):
     market, calm_dir = calm
-    stack, seen = StackRun(tmp_path), [""]
+    stack = StackRun(tmp_path)
     with tmpfs(*(stack.workdir / d for d in MOUNTED), size="4m") as mounts, stack:
         stack.services.start("paper", ["paper", str(stack.workdir)])
         run_hour(stack, market, 0)
         for m in mounts:
             read_only(m, True)
         for k in (1, 2):
-            _wait_for_published(capfd, seen, write_hour(stack.bmac, market, k))
+            _wait_for_published(service_log, write_hour(stack.bmac, market, k))
         time.sleep(1.5)  # a few retries against the read-only disk
         for k in (1, 2):
             assert not history_paths(stack.workdir, market.run_time(k))["selection"].exists()
@@ -408,7 +408,7 @@ def test_a_read_only_then_full_work_directory_delays_every_writer_and_loses_noth
         for m in mounts:
             read_only(m, False)
             fillers.append(fill(m))
-        _wait_for_published(capfd, seen, write_hour(stack.bmac, market, 3))
+        _wait_for_published(service_log, write_hour(stack.bmac, market, 3))
         time.sleep(1.5)  # and against the full one
         assert not stack.crashed(), f"exited: {stack.crashed()}"
         for filler in fillers:
@@ -425,9 +425,8 @@ def test_a_read_only_then_full_work_directory_delays_every_writer_and_loses_noth
             run_hour(stack, market, k)
         assert not stack.crashed(), f"exited: {stack.crashed()}"
         stack.services.stop()
-        seen[0] += capfd.readouterr().err
         assert_same_as(calm_dir, stack.workdir, market)
-    log = seen[0]
+    log = service_log.read()
     for writer in ("recorder", "paper", "position"):
         failures = re.findall(rf"ERROR\s+{writer}\s+cannot write .*", log)
         assert 1 <= len(failures) <= 2, (writer, failures)  # once per outage (and errno), not once per retry

@@ -91,28 +91,6 @@ class Intruder:
         self.sock.close(linger=2000)
 
 
-class Log:
-    """Everything the services wrote to stderr so far (capfd reads the shared file descriptor)."""
-
-    def __init__(self, capfd):
-        self.capfd, self.text = capfd, ""
-
-    def read(self) -> str:
-        self.text += self.capfd.readouterr().err
-        return self.text
-
-    def wait_for(self, needle: str, timeout: float = 10.0, poke=None) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.read():
-            assert time.monotonic() < deadline, f"no log line with {needle!r} within {timeout}s in:\n{self.text}"
-            if poke:
-                poke()
-            time.sleep(0.1)
-
-    def count(self, needle: str) -> int:
-        return self.read().count(needle)
-
-
 def _table(symbols: list[str], **change) -> pa.Buffer:
     """A factor table as a worker sends it, with columns replaced (array) or removed (None) by ``change``."""
     columns = {"symbol": pa.array(symbols, pa.large_string()), "close": pa.array([1.0] * len(symbols)),
@@ -142,9 +120,9 @@ def _open_round(stack: StackRun, market: SyntheticMarket, k: int):
     return run_time, write_candles
 
 
-def test_forged_and_malformed_factor_messages_change_nothing(tmp_path, capfd, insider):
+def test_forged_and_malformed_factor_messages_change_nothing(tmp_path, service_log, insider):
     market = SyntheticMarket(symbols=30, seed=11)
-    log = Log(capfd)
+    log = service_log
     with StackRun(tmp_path, bmac_expire_sec=30, round_grace_sec=1) as stack:
         first = write_hour(stack.bmac, market, 0)
         stack.wait_for_round(first)

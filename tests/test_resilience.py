@@ -26,14 +26,6 @@ from tests.stack import StackRun, wait_for_file
 SYMBOLS = 48
 
 
-def _wait_for_log(capfd, text: str, timeout: float) -> None:
-    deadline, seen = time.monotonic() + timeout, ""
-    while text not in seen:
-        assert time.monotonic() < deadline, f"no log line with {text!r} within {timeout}s"
-        time.sleep(0.1)
-        seen += capfd.readouterr().err
-
-
 def _run_hours(stack: StackRun, market: SyntheticMarket, hours: range) -> list[dict]:
     selections = []
     for k in hours:
@@ -65,7 +57,7 @@ def test_one_two_and_three_shards_give_identical_rounds(tmp_path):
             pd.testing.assert_frame_equal(key(one[0]), key(other[0]))  # every factor row
 
 
-def test_a_killed_shard_flags_the_round_with_exactly_its_symbols_and_rejoins(tmp_path, capfd):
+def test_a_killed_shard_flags_the_round_with_exactly_its_symbols_and_rejoins(tmp_path, service_log):
     market = SyntheticMarket(symbols=SYMBOLS, seed=22)
     with StackRun(tmp_path, shards=2, bmac_expire_sec=20, round_grace_sec=1) as stack:
         _run_hours(stack, market, range(1))
@@ -78,7 +70,7 @@ def test_a_killed_shard_flags_the_round_with_exactly_its_symbols_and_rejoins(tmp
         assert owned and selection["incomplete"] is True
         assert selection["coverage"]["missing"] == owned
         assert selection["coverage"]["silent_shards"] == ["1/2"] and selection["coverage"]["shards"] == ["0/2"]
-        _wait_for_log(capfd, "factor shard 1/2 silent", 6)  # noticed within seconds, by heartbeats
+        service_log.wait_for("factor shard 1/2 silent", 6)  # noticed within seconds, by heartbeats
         stack.restart("factor-1")
         _heartbeat(stack, "position", lambda s: not s["silent_shards"], 20)
         selections = _run_hours(stack, market, range(2, 3))
