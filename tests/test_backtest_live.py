@@ -1,73 +1,65 @@
 """The backtest against the live stack: the same hours, the same factor rows, selections and positions.
 
-The live side is the four services as real processes over loopback TCP, fed a BMAC directory that the
-test writes hour by hour as the crawler would (``write_hour`` of the real data set), for hours spread
-over the whole range (the market follows the crawler's markers and skips the hours between).
+Both sides run as a user runs them, from the command line: ``alphabus backtest --selections`` over the
+whole real data set, and ``alphabus once --run-time T`` (the four services as real processes over
+loopback TCP) for 20 hours spread over the range, each on a BMAC directory written as the crawler
+would have written it at that hour (``write_hour``: every symbol's newest 1,500 candles). Their
+recorder files must agree: symbols, candle columns, ranks, positions and sides to the character, the
+factor and filter values to 1e-12 relative (the backtest computes built-ins on whole series, the live
+factor service on kernels; ``test_series`` holds the two together at every hour).
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from services.backtest.engine import build_tape, choose_hours
-from services.backtest.factors import FactorJob, calculators, symbol_factors
-from services.backtest.history import load_history
-from services.factor.compute import NO_FUNDING
 from services.market.sim import ReplayMarket, write_hour
-from shared.bmac import lot_sizes
+from shared.bmac import BmacDir
 from shared.config import load_config
-from tests.reference import as_written, recorded_round
-from tests.stack import StackRun
+from tests.conftest import write_config
+from tests.reference import recorded_round
 
 HOURS = 20
 
 
+def _alphabus(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "alphabus", *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"alphabus {args[0]} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done
+
+
+def _assert_same_text(backtest: pd.DataFrame, live: pd.DataFrame, floats: set[str], what: str) -> None:
+    assert list(backtest.columns) == list(live.columns), f"{what}: columns {list(backtest.columns)}"
+    assert backtest["symbol"].tolist() == live["symbol"].tolist(), f"{what}: symbols or their order differ"
+    for column in live.columns:
+        if column in floats:
+            np.testing.assert_allclose(pd.to_numeric(backtest[column]).to_numpy(float),
+                                       pd.to_numeric(live[column]).to_numpy(float),
+                                       rtol=1e-12, atol=0, equal_nan=True, err_msg=f"{what}: {column}")
+        else:
+            assert backtest[column].tolist() == live[column].tolist(), f"{what}: {column}"
+
+
 @pytest.mark.slow
-def test_backtest_equals_the_live_stack_on_hours_spread_over_the_data(tmp_path, real_data):
+def test_backtest_equals_alphabus_once_on_hours_spread_over_the_data(tmp_path, real_data):
     market = ReplayMarket(real_data)  # hour 0 is candle 1500: the first file of 1500 candles
     picked = sorted({int(k) for k in np.linspace(0, market.hours - 1, HOURS)})
-    live = {}
-    with StackRun(tmp_path) as stack:
-        for k in picked:
-            run_time = write_hour(stack.bmac, market, k)
-            live[k] = stack.wait_for_round(run_time, 180)
-    workdir = stack.workdir
-
-    cfg = load_config(workdir)
-    history = load_history(real_data, cfg.timezone)
-    run_ms = np.array([round(market.run_time(k).timestamp() * 1000) for k in range(market.hours)], dtype=np.int64)
-    job = FactorJob(cfg, workdir, 1500, cfg.min_candle_num, int(run_ms[0]), int(run_ms[-1]))
-    calcs = calculators(job)
-    factors = {s: symbol_factors(history.symbols[s], history.funding.get(s, NO_FUNDING), job, calcs)
-               for s in history.universe}
-    tape = build_tape(history, factors, [c.column for c in calcs], run_ms)
-    face_values = {s: v for s, v in lot_sizes(history.exginfo).items() if v is not None}
-    float_columns = {c.column for c in calcs}
+    bmac = BmacDir(tmp_path / "bmac", "1h")
+    live_dir = write_config(tmp_path / "live", bmac.root)
+    backtest_dir = write_config(tmp_path / "backtest", bmac.root)
+    _alphabus("backtest", str(backtest_dir), "--data", str(real_data), "--selections", timeout=900)
+    out = backtest_dir / "backtest"
+    floats = set(load_config(live_dir).columns)
 
     for k in picked:
-        run_time = market.run_time(k)
-        live_factors, live_long, live_short = recorded_round(workdir, run_time)
-        mine = as_written(tape.factors(k))
-        assert list(mine.columns) == list(live_factors.columns), run_time
-        assert mine["symbol"].tolist() == live_factors["symbol"].tolist(), run_time  # universe order
-        for column in mine.columns:
-            if column in float_columns:  # the factor values: 1e-12 relative
-                np.testing.assert_allclose(pd.to_numeric(mine[column]).to_numpy(float),
-                                           pd.to_numeric(live_factors[column]).to_numpy(float),
-                                           rtol=1e-12, atol=0, equal_nan=True, err_msg=f"{run_time} {column}")
-            else:  # the candle's own columns, as text: exact
-                assert mine[column].tolist() == live_factors[column].tolist(), f"{run_time} {column}"
-
-        lo, hi = tape.bounds[k], tape.bounds[k + 1]
-        keep = ["symbol", "close", *cfg.columns]
-        (picks,) = choose_hours((tape.frame.iloc[lo:hi][keep], np.array([0, hi - lo]), [run_time], cfg, face_values))
-        sel = live[k]
-        for side, frame, recorded in (("long", picks.long, live_long), ("short", picks.short, live_short)):
-            assert frame["symbol"].tolist() == [p["symbol"] for p in sel[side]], f"{run_time} {side}"
-            assert frame["symbol"].tolist() == recorded["symbol"].tolist(), f"{run_time} {side}"
-            assert [str(p) for p in frame["position"]] == recorded["position"].tolist(), f"{run_time} {side}"
-        assert picks.fresh == {s: Decimal(str(q)) for s, q in sel["targets"].items()}, run_time
+        run_time = write_hour(bmac, market, k)
+        _alphabus("once", str(live_dir), "--run-time", run_time.isoformat(), timeout=300)
+        live, mine = recorded_round(live_dir, run_time), recorded_round(out, run_time)
+        assert len(live[0]) >= 90, f"{run_time}: only {len(live[0])} factor rows live"
+        for name, backtest_frame, live_frame in zip(("factor_his", "long", "short"), mine, live, strict=True):
+            _assert_same_text(backtest_frame, live_frame, floats, f"{run_time} {name}")
