@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -26,10 +27,11 @@ from services.market.feeds import ReplayFeed
 from services.market.service import Market
 from services.market.sim import ReplayMarket, SyntheticMarket, write_hour
 from shared import bus
-from shared.bmac import BmacDir, funding_events
+from shared.bmac import BmacDir, funding_events, lot_sizes
 from shared.config import FactorSpec, FilterSpec, load_config
 from shared.messages import MAX_FUNDING_EVENTS, BadMessage, Candles, Header, decode, encode
 from shared.plugins import Calculator, build_calculators, needs_funding
+from shared.quantities import lot_decimals
 from shared.service import StopFlag
 from tests.conftest import write_config
 from tests.test_factors import real_candles, synthetic_candles
@@ -357,6 +359,19 @@ def test_once_on_the_simulator_records_the_funding_filter(tmp_path):
                          capture_output=True, text=True, timeout=180, env={**os.environ, "ALPHABUS_SEND": "bytes"})
     assert out.returncode == 0, out.stderr
     _check_funding_round(workdir, market, 60)
+    _check_printed_trades(out.stdout, market)
+
+
+def _check_printed_trades(stdout: str, market: SyntheticMarket) -> None:
+    """What ``once`` prints: this hour's trades, signed, each quantity with its own lot's decimals."""
+    assert "TRADES this hour" in stdout and "EXPOSURE gross" in stdout, stdout
+    lots = lot_sizes(market.exginfo())
+    trades = re.findall(r"^ {4}(\w+USDT) +([+-]\d+(?:\.\d+)?) +[+-]\d+\.\d\d +([+-]?\d+(?:\.\d+)?)$", stdout, re.M)
+    assert trades, stdout
+    for symbol, trade, target in trades:
+        places = lot_decimals(lots[symbol])
+        for text in (trade, target):
+            assert len(text.partition(".")[2]) == places, f"{symbol} {text}: lot {lots[symbol]}"
 
 
 def test_a_stack_sending_paths_records_the_funding_filter(tmp_path):
