@@ -341,3 +341,22 @@ def _client(stack: StackRun, **kwargs):
     return SelectionClient(stack.endpoints["ALPHABUS_SELECTION_PUB"], stack.endpoints["ALPHABUS_SNAPSHOT"],
                            name="executor", keys=keys.folder if keys else None, key_name="cli",
                            stack=bus.stack_identity(stack.workdir), **kwargs)
+
+
+def test_a_restarted_market_announcing_a_published_round_again_costs_one_line(tmp_path, service_log):
+    """Its shards' results for that round are dropped quietly (counted), not with a warning each."""
+    market = SyntheticMarket(symbols=SYMBOLS, seed=49)
+    with StackRun(tmp_path) as stack:
+        write_hour(stack.bmac, market, 0)
+        _exact(stack, market.run_time(0))
+        stack.kill("market")
+        (stack.workdir / "state" / "market.json").unlink()  # a new container without the state volume, say
+        stack.restart("market")  # hour 0's files are still the newest: it announces hour 0 again
+        service_log.wait_for(f"round {market.run_time(0).isoformat()} announced again", 30)
+        time.sleep(2)  # the shard recomputes the round; its results reach the position service
+        write_hour(stack.bmac, market, 1)
+        _exact(stack, market.run_time(1))
+        assert not stack.crashed()
+    log = service_log.read()
+    assert log.count("announced again") == 1, log
+    assert [line for line in log.splitlines() if "dropped" in line] == [], log
