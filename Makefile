@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-replay test lint bench clean
+.PHONY: demo demo-replay test test-slow lint bench clean
 
 $(BIN)/alphabus: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "alphabus needs Python 3.11+"'
@@ -24,8 +24,12 @@ demo-replay: $(BIN)/alphabus
 lint: $(BIN)/alphabus
 	$(BIN)/ruff check .
 
+# The suite without the tests marked slow (under 15 minutes on 2 cores); CI runs both targets.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(BIN)/alphabus
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(BIN)/alphabus
 	$(BIN)/python -m bench
