@@ -152,8 +152,12 @@ class BmacDir:
         except FileNotFoundError:
             return set()
 
+    @property
+    def exginfo_path(self) -> Path:
+        return self.exginfo_dir / f"{EXGINFO}.fea"
+
     def read_exginfo(self) -> pd.DataFrame:
-        return pd.read_feather(self.exginfo_dir / f"{EXGINFO}.fea")
+        return pd.read_feather(self.exginfo_path)
 
     def read_funding(self) -> pd.DataFrame:
         return pd.read_feather(self.exginfo_dir / f"{FUNDING}.fea")

@@ -63,3 +63,106 @@ def test_arrow_reading_gives_the_articles_read_feather_frame(tmp_path):
         path = bmac.candle_path(symbol)
         pd.testing.assert_frame_equal(read_candle_table(path.read_bytes(), str(path)).to_pandas(),
                                       pd.read_feather(path))
+
+
+class _Recorded:
+    """A market whose waits are recorded instead of slept; ``on_wait`` plays the crawler."""
+
+    def __init__(self, tmp_path, make_exginfo_dir: bool):
+        import zmq
+
+        from services.market.service import Market
+        from shared.config import parse_config
+        from shared.service import StopFlag
+        from tests.reference import article_config
+
+        self.bmac = BmacDir(tmp_path / "bmac", "1h")
+        if make_exginfo_dir:
+            self.bmac.exginfo_dir.mkdir(parents=True)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.XPUB)
+        self.sock.bind(f"inproc://market-{id(self)}")
+        self.market = Market(parse_config(article_config(str(self.bmac.root))), self.sock, StopFlag(), 0.0)
+        self.waits: list[int] = []
+        self.on_wait = lambda: None
+        self.market.pump = self._pump  # type: ignore[method-assign]
+
+    def _pump(self, timeout_ms: int = 10) -> None:
+        self.waits.append(timeout_ms)
+        self.on_wait()
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def test_the_market_waits_for_the_next_hour_on_its_marker_watch_not_by_listing(tmp_path):
+    """With inotify on the exginfo folder a marker wakes the market, so between looks it waits
+    MARKER_WAIT_MS (a lost event costs that), not the 20 ms of a listing loop."""
+    from services.market.service import MARKER_WAIT_MS
+
+    rec = _Recorded(tmp_path, make_exginfo_dir=True)
+    try:
+        rec.market.last_run_time = RUN
+        later = RUN.replace(hour=14)
+        rec.bmac.exginfo_ready(RUN).write_text("x")
+        rec.on_wait = lambda: len(rec.waits) == 3 and rec.bmac.exginfo_ready(later).write_text("x")
+        assert rec.market.next_follow_time() == later
+        assert rec.waits == [MARKER_WAIT_MS] * 3
+        rec.waits.clear()
+        deadline = time.monotonic() + 60
+        rec.on_wait = lambda: len(rec.waits) == 2 and rec.bmac.funding_ready(later).write_text("x")
+        assert rec.market.wait_for_file(rec.bmac.funding_ready(later), deadline)
+        assert len(rec.waits) == 2 and all(1 <= w <= MARKER_WAIT_MS for w in rec.waits)
+        assert MARKER_WAIT_MS - 10 < rec.waits[0]
+    finally:
+        rec.close()
+
+
+def test_without_the_exginfo_folder_the_market_lists_it_at_the_old_pace(tmp_path):
+    """No folder, no watch: the market looks every 20 ms (10 ms for a round's own markers), and
+    starts watching once the crawler makes the folder."""
+    from services.market.service import MARKER_WAIT_MS
+
+    rec = _Recorded(tmp_path, make_exginfo_dir=False)
+    try:
+        rec.market.last_run_time = RUN
+        later = RUN.replace(hour=14)
+
+        def crawler():
+            if len(rec.waits) == 2:
+                rec.bmac.exginfo_dir.mkdir(parents=True)
+            if len(rec.waits) == 4:
+                rec.bmac.exginfo_ready(later).write_text("x")
+
+        rec.on_wait = crawler
+        assert rec.market.next_follow_time() == later
+        assert rec.waits == [20, 20, MARKER_WAIT_MS, MARKER_WAIT_MS]
+    finally:
+        rec.close()
+
+
+def test_exginfo_is_parsed_again_only_when_its_bytes_change_and_specs_follow_it(tmp_path):
+    """The crawler rewrites exginfo every hour, mostly unchanged: the same bytes give the same frame (and the
+    market's specs built from it); changed bytes are read afresh."""
+    import pandas as pd
+
+    from services.market.sim import SyntheticMarket
+
+    rec = _Recorded(tmp_path, make_exginfo_dir=True)
+    try:
+        exginfo = SyntheticMarket(symbols=5, seed=3, history=30).exginfo()
+        rec.bmac.write_exginfo(exginfo, RUN)
+        feed = rec.market.feed
+        first = feed.exginfo(RUN)
+        specs = rec.market._symbol_specs(first)
+        rec.bmac.write_exginfo(exginfo, RUN.replace(hour=14), RUN)  # rewritten, same content
+        assert feed.exginfo(RUN) is first and rec.market._symbol_specs(first) is specs
+        changed = exginfo.iloc[:3].copy()
+        rec.bmac.write_exginfo(changed, RUN.replace(hour=15), RUN.replace(hour=14))
+        again = feed.exginfo(RUN)
+        assert again is not first and list(again["symbol"]) == list(changed["symbol"])
+        assert [s.symbol for s in rec.market._symbol_specs(again)] == list(changed["symbol"])
+        pd.testing.assert_frame_equal(again, rec.bmac.read_exginfo())
+    finally:
+        rec.close()
