@@ -44,7 +44,7 @@ class PaperBook:
     funding: float = 0.0  # paid so far (negative: received)
 
     def equity(self) -> float:
-        return self.cash + sum(float(q) * self.prices[s] for s, q in self.holdings.items())
+        return _equity(self.cash, self.holdings, self.prices)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +72,10 @@ class RoundOutcome:
     equity: dict[str, Any]
     unpriced: list[str]
     carried: list[str] = field(default_factory=list)
+
+
+def _equity(cash: float, holdings: Mapping[str, Decimal], prices: Mapping[str, float]) -> float:
+    return cash + sum(float(q) * prices[s] for s, q in holdings.items())
 
 
 def trade_round(book: PaperBook, run_time: datetime, targets: Mapping[str, Decimal], closes: Mapping[str, float],
@@ -115,10 +119,9 @@ def trade_round(book: PaperBook, run_time: datetime, targets: Mapping[str, Decim
             holdings[symbol] = held
         fills.append({"run_time": stamp, "symbol": symbol, "qty": qty, "price": price, "notional": notional,
                       "fee": fee, "slippage": slippage, "delisted": symbol in delisted})
+    equity = tidy(_equity(cash, holdings, prices))  # as equity.csv writes it, so the book and the file agree exactly
     after = replace(book, holdings=holdings, cash=cash, prices=prices, last_run_time=run_time,
-                    fees=book.fees + fees, funding=book.funding + funding_paid)
-    equity = tidy(after.equity())  # as equity.csv writes it, so the book and the file agree exactly
-    after = replace(after, last_equity=equity)
+                    fees=book.fees + fees, funding=book.funding + funding_paid, last_equity=equity)
     held = exposure(holdings, prices)
     row = {"run_time": stamp, "equity": equity, "cash": cash, "gross": held.gross, "net": held.net,
            "positions": len(holdings), "pnl": equity - book.last_equity, "long": held.long, "short": held.short,
@@ -138,12 +141,15 @@ def tidy(value: float) -> float:
 def decimal_text(value: object) -> str:
     """A CSV cell: floats as plain decimals of 15 significant digits (``-63.041599999999995`` is
     ``-63.0416``, never ``1e-05``), Decimals as plain text, anything else as ``str``."""
-    if isinstance(value, bool) or not isinstance(value, float | Decimal):
-        return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        value = Decimal(f"{value:.{SIGNIFICANT}g}")
+        text = f"{value:.{SIGNIFICANT}g}"
+        if "e" not in text:  # %g's plain form has no trailing zeros: already the answer (the CSVs' hot path)
+            return "0" if text == "-0" else text
+        value = Decimal(text)
+    elif not isinstance(value, Decimal):
+        return str(value)
     text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.book import PaperBook, decimal_text, tidy, trade_round
 
@@ -50,3 +52,13 @@ def test_csv_text_is_decimal_not_float_noise():
     assert decimal_text(Decimal("12.500")) == "12.5" and decimal_text(Decimal("1E+1")) == "10"
     assert decimal_text(0.1 + 0.2) == "0.3" and tidy(0.1 + 0.2) == 0.3
     assert decimal_text(True) == "True" and decimal_text("AAA") == "AAA"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(value=st.floats(allow_nan=False, allow_infinity=False))
+def test_float_text_is_the_15_digit_decimal_written_plainly(value):
+    """The fast path (%g's own text when it has no exponent) against the definition: the 15-significant-digit
+    decimal, written with no exponent and no trailing zeros."""
+    text = format(Decimal(f"{value:.15g}"), "f")
+    text = text.rstrip("0").rstrip(".") if "." in text else text
+    assert decimal_text(value) == ("0" if text in ("-0", "") else text)

@@ -145,6 +145,52 @@ def test_the_core_equals_the_reference_hour_by_hour(data, n, seed, start):
         event(f"{len(strategy.composite_columns)} composites, {'shared' if strategy.shared_pool else 'split'} pool")
 
 
+def _hour_slice(panel: pd.DataFrame, k: int) -> pd.DataFrame:
+    return panel[panel[core.HOUR] == k].drop(columns=core.HOUR)
+
+
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), sizes=st.lists(st.one_of(st.just(0), st.integers(1, 12), st.integers(60, 140),
+                                                st.integers(60, 140)), min_size=1, max_size=5),
+       seed=st.integers(0, 2**31), start=st.integers(470_000, 480_000))
+def test_many_hours_at_once_equal_the_reference_and_the_one_hour_core_hour_by_hour(data, sizes, seed, start):
+    """The backtest's panel (all hours in one frame) against the reference and against the live one-hour call:
+    hours of different pool sizes and symbols, empty hours, ties."""
+    universe = [f"S{i:03d}USDT" for i in range(max(sizes))]
+    cfg = data.draw(configs(universe))
+    tied = {c: data.draw(st.booleans()) for c in [f"{f}_bh_1" for f in FACTORS] + [f"{f}_fl_24" for f in FILTERS]}
+    strategy = Strategy.model_validate({k: v for k, v in cfg.items() if k in STRATEGY_KEYS})
+    lots = {s: LOTS[i % len(LOTS)] for i, s in enumerate(universe)}
+    hours = [datetime.fromtimestamp((start + k) * 3600, UTC) for k in range(len(sizes))]
+    frames = {}
+    for k, (t, n) in enumerate(zip(hours, sizes, strict=True)):  # each hour its own symbols, in universe order
+        members = sorted(data.draw(st.lists(st.sampled_from(universe), min_size=n, max_size=n, unique=True))
+                         if n < len(universe) else universe)
+        frames[t] = hour_frame(members, seed + k, tied).astype({"symbol": object})  # also when empty
+    panel = pd.concat([f.assign(**{core.HOUR: k}) for k, f in enumerate(frames.values())], ignore_index=True)
+    chosen = core.strategy_hours(core.candidate_pool(panel, strategy), lots, strategy, cfg["capital_usdt"],
+                                 len(hours))
+    expected = reference_hours(frames, lots, cfg)
+    held: dict[int, dict[str, Decimal]] = {}
+    for k, t in enumerate(hours):
+        want = expected[t]
+        assert_same_side(_hour_slice(chosen.long, k), want.long, f"hour {k} long")
+        assert_same_side(_hour_slice(chosen.short, k), want.short, f"hour {k} short")
+        held = core.offset_targets(held, t, strategy.period_hours, strategy.offset_list, chosen.fresh[k])
+        assert held == want.offsets and core.sum_targets(held) == want.targets
+        one = core.strategy_hour(core.candidate_pool(frames[t], strategy), lots, strategy, cfg["capital_usdt"], t,
+                                 {})
+        assert one.fresh == chosen.fresh[k]
+        counts = chosen.choice
+        assert (one.choice.long_wanted, one.choice.short_wanted, one.choice.shortfall, one.choice.pool) == (
+            counts.long_wanted[k], counts.short_wanted[k], counts.shortfall[k], counts.pool[k])
+        for side in ("long", "short", "long_pool", "short_pool"):  # what factor_his and select_his get
+            pd.testing.assert_frame_equal(_hour_slice(getattr(counts, side), k).reset_index(drop=True),
+                                          getattr(one.choice, side).reset_index(drop=True), obj=f"hour {k} {side}")
+        event(f"hour sizes {sorted({min(n, 13) for n in sizes})}")
+
+
 def test_each_offset_rebalances_once_per_period_and_a_cold_offset_holds_nothing():
     cfg = {"factor": ["F1", True, 1, 0, 1], "filters": [], "pre_filters": [], "long_num": 1, "short_num": 1,
            "hold_period": "6H", "offsets": [0, 2, 5]}

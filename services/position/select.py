@@ -35,17 +35,21 @@ def target_position(capital: float, close: float, face_value: Decimal) -> Decima
     return round_to_tick(Decimal(capital / close), face_value)
 
 
-def size_side(side: pd.DataFrame, capital: float, count: int, face_values: Mapping[str, Decimal]) -> pd.DataFrame:
-    """Split ``capital`` evenly over ``count`` coins and round each to its lot size (article's assign_position)."""
+def size_side(side: pd.DataFrame, capital: float, count: int | np.ndarray,
+              face_values: Mapping[str, Decimal]) -> pd.DataFrame:
+    """Split ``capital`` evenly over ``count`` coins and round each to its lot size (article's assign_position).
+
+    ``count`` is one number, or one per row (a panel of hours: each row's hour's count).
+    """
     side = side.copy(deep=False)  # copy-on-write: the new columns never reach the caller's frame
-    if side.empty or count == 0:
+    if side.empty or (np.ndim(count) == 0 and count == 0):
         side["position"] = pd.Series([], dtype=object, index=side.index)
         side["pos_val"] = pd.Series([], dtype=float, index=side.index)
         return side
-    coin_capital = capital / 2 / count
+    coin_capital = np.broadcast_to(capital / 2 / np.asarray(count, dtype=float), len(side)).tolist()
     closes = side["close"].tolist()  # plain lists: iterating Arrow-backed columns goes element by element
-    position = [target_position(coin_capital, close, face_values[symbol])
-                for symbol, close in zip(side["symbol"].tolist(), closes, strict=True)]
+    position = [target_position(each, close, face_values[symbol])
+                for each, symbol, close in zip(coin_capital, side["symbol"].tolist(), closes, strict=True)]
     side["position"] = np.array(position, dtype=object)
     side["pos_val"] = np.array([float(p) * c for p, c in zip(position, closes, strict=True)], dtype=float)
     return side
