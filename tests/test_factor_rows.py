@@ -19,8 +19,10 @@ from services.factor.compute import (
     FUNDING_RATE,
     HOUR_MS,
     PluginRows,
+    Skipped,
     candle_begin_ms,
     candle_frame,
+    frame_layout,
     funding_column,
     newest_row,
     row_builder,
@@ -98,8 +100,8 @@ def test_candle_frame_is_arrows_frame_on_real_candles(real_data):
         pd.testing.assert_frame_equal(candle_frame(table, "BTCUSDT", zeros), arrow_frame(table, "BTCUSDT", zeros))
 
 
-@pytest.mark.parametrize("change", ["utc", "fixed_offset", "ms", "int32", "null_volume", "string", "symbol_column",
-                                    "two_chunks"])
+@pytest.mark.parametrize("change", ["utc", "fixed_offset", "ms", "int32", "null_volume", "null_taker", "null_trades",
+                                    "string", "symbol_column", "two_chunks"])
 def test_candle_frame_is_arrows_frame_on_unusual_files(change):
     df = synthetic_candles(50, 1)
     table = as_table(df)
@@ -112,6 +114,10 @@ def test_candle_frame_is_arrows_frame_on_unusual_files(change):
         table = table.append_column("trade_num", pa.array(np.arange(50, dtype=np.int32)))
     elif change == "null_volume":
         table = table.set_column(5, "volume", pa.array([None, *df["volume"].iloc[1:]], pa.float64()))
+    elif change == "null_taker":  # the real data set's files: taker columns that are all null
+        table = table.append_column("taker_buy_quote_asset_volume", pa.nulls(50, pa.float64()))
+    elif change == "null_trades":  # an integer column with a null: Arrow makes it float, the generic way
+        table = table.append_column("trade_num", pa.array([None, *range(1, 50)], pa.int64()))
     elif change == "string":
         table = table.append_column("note", pa.array(["x"] * 50))
     elif change == "symbol_column":  # a file's own symbol column is replaced where it stands, as df[...] = does
@@ -120,6 +126,24 @@ def test_candle_frame_is_arrows_frame_on_unusual_files(change):
         table = pa.concat_tables([table.slice(0, 20), table.slice(20)])
     rates = np.full(50, 1e-4)
     pd.testing.assert_frame_equal(candle_frame(table, "XUSDT", rates), arrow_frame(table, "XUSDT", rates))
+
+
+def test_window_frames_are_the_frames_of_the_slices_and_writes_stay_in_them(sim_tables):
+    """The backtest's frames: copies of a window of the whole history's blocks, each equal to the frame of that
+    slice of the file, whatever a plugin writes into one (in place included)."""
+    symbol, table = next(iter(sim_tables.items()))
+    rates = np.linspace(0, 1e-3, table.num_rows)
+    layout = frame_layout(table.schema)
+    whole = layout.blocks(table, symbol, rates)
+    for start, stop in [(0, table.num_rows), (0, 37), (120, 300), (table.num_rows - 1, table.num_rows)]:
+        frame = layout.frame(whole, (start, stop))
+        expected = arrow_frame(table.slice(start, stop - start), symbol, rates[start:stop])
+        pd.testing.assert_frame_equal(frame, expected)
+        frame.loc[:, "close"] = -1.0  # in place, into the window's own block
+        frame.iloc[0, 0] = pd.Timestamp("2000-01-01", tz="UTC")
+        frame.loc[0, "symbol"] = "OTHER"
+        frame[FUNDING_RATE] *= 2
+    pd.testing.assert_frame_equal(layout.frame(whole), arrow_frame(table, symbol, rates))
 
 
 # -- the row ----------------------------------------------------------------------------------------------
@@ -138,13 +162,16 @@ def test_newest_row_is_from_pandas_row_whatever_the_plugins_added(sim_tables):
     df["flag"] = df["close"] > df["open"]
     df["label"] = "up"
     df["high"] = df["high"] * 2  # a plugin that changes a file column: the row shows the changed value
+    df["trade_num"] = df["trade_num"] / 2  # ... or its type: the row says what it holds
+    df["close_time"] = df["close_time"].astype(np.int32)  # ... a type its values fit: the file's type
     expected = from_pandas_row(df)
     row = newest_row(df, table.schema)
     assert row.schema.names == expected.schema.names
     for name in expected.schema.names:
         assert row[name].to_pylist() == expected[name].to_pylist(), name
         if name != "label":  # a plugin's text column is a string either way; symbol is large_string as before
-            assert row.schema.field(name).type == expected.schema.field(name).type, name
+            kind = table.schema.field(name).type if name == "close_time" else expected.schema.field(name).type
+            assert row.schema.field(name).type == kind, name
 
 
 # -- plugins and kernels ----------------------------------------------------------------------------------
@@ -255,3 +282,55 @@ def test_a_pool_gives_the_rows_of_one_process_and_survives_its_processes_dying(t
         os.environ.pop("SERVICE_PID", None)
         pool.close()
     assert all(not p.process.is_alive() for p in pool.procs)
+
+
+@pytest.mark.parametrize("newest", ["nat", "ns", "other_zone"])
+def test_newest_row_reads_times_as_from_pandas_does(sim_tables, newest):
+    symbol, table = next(iter(sim_tables.items()))
+    df = candle_frame(table, symbol, np.zeros(table.num_rows))
+    if newest == "nat":
+        df.loc[len(df) - 1, "candle_begin_time"] = pd.NaT
+    elif newest == "ns":
+        df["candle_begin_time"] = df["candle_begin_time"].dt.as_unit("ns")
+    else:
+        df["candle_begin_time"] = df["candle_begin_time"].dt.tz_convert("America/New_York")
+    expected, row = from_pandas_row(df), newest_row(df, table.schema)
+    assert row["candle_begin_time"].to_pylist() == expected["candle_begin_time"].to_pylist()
+    assert row.schema.field("candle_begin_time").type == table.schema.field("candle_begin_time").type
+
+
+@pytest.mark.parametrize("file", ["crawler", "null_taker", "string_column"])
+@pytest.mark.parametrize("factor", [*USER_FACTORS, "Failing"])
+def test_window_values_are_the_live_rows_of_each_slice(tmp_path, sim_tables, factor, file):
+    """The backtest's exact path gives, for every window, exactly the values the live builder's row holds for
+    that slice of the file (or the same skip), for every user plugin and for a file the generic way reads."""
+    workdir = user_workdir(tmp_path)
+    (workdir / "factors" / "Failing.py").write_text(
+        "def signal(*args):\n    df, n, d_num, name = args\n"
+        "    if len(df) % 7 == 0:\n        raise ValueError('seven')\n"
+        "    df[name] = df['close'].diff(n)\n    return df\n")
+    calcs = calculators(workdir, factor)
+    build = PluginRows(calcs, tail_kernels=True)
+    columns = [c.column for c in calcs]
+    symbol, table = list(sim_tables.items())[1]
+    if file == "null_taker":
+        table = table.set_column(table.schema.get_field_index("taker_buy_quote_asset_volume"),
+                                 "taker_buy_quote_asset_volume", pa.nulls(table.num_rows, pa.float64()))
+    elif file == "string_column":
+        table = table.append_column("note", pa.array(["x"] * table.num_rows))
+    assert (frame_layout(table.schema) is None) == (file == "string_column")
+    times = candle_begin_ms(table)[::5] + HOUR_MS
+    funding = (times, np.linspace(-1e-4, 3e-4, len(times)))
+    windows = [(max(0, t - 99), t + 1) for t in range(60, table.num_rows, 9)]
+    skips = 0
+    for (start, stop), got in zip(windows, build.window_values(table, symbol, funding, windows, columns),
+                                  strict=True):
+        try:
+            row = build(table.slice(start, stop - start), symbol, funding)
+        except Skipped as e:
+            assert isinstance(got, Skipped) and str(got) == str(e)
+            skips += 1
+            continue
+        expected = [np.nan if v is None else v for v in (row[c][0].as_py() for c in columns)]
+        np.testing.assert_array_equal(got, expected, err_msg=str((start, stop)))
+    assert (skips > 0) == (factor == "Failing")

@@ -61,6 +61,7 @@ def test_series_on_a_history_shorter_than_the_file_and_with_nan_volumes():
                        "quote_volume": np.where(rng.random(n) < 0.1, np.nan, rng.uniform(1e5, 1e6, n))})
     assert assert_series_equal_kernels(_arrays(df, rng), 1500) > 1000  # never slides: one file from row 0
     assert assert_series_equal_kernels(_arrays(df, rng), 150) > 1000
+    assert assert_series_equal_kernels(_arrays(df.iloc[:100], rng), 1500) > 100  # fewer rows than some windows
 
 
 def test_series_refuse_what_only_a_plugin_computes():

@@ -5,7 +5,7 @@ live factor worker would give it a row: the file holds at least ``min_candle_num
 or NaN close (the live check rejects such a file), and no plugin failed on it.
 
 * built-ins: ``services.factor.series`` (every row at once, held to the live kernels);
-* a user's plugin: the live row builder (``compute.row_builder(..., fast=False)``) on each file's slice;
+* a user's plugin: the live row builder (``compute.PluginRows``) on each file's slice;
 * ``full_history``: a user's plugin once on the whole history (cheaper, and *not* what live computes for
   recursive indicators; the run measures and reports the difference on a sample of hours).
 
@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from services.backtest.history import HOUR_MS, SymbolHistory
-from services.factor.compute import NO_FUNDING, Funding, PluginRows, Skipped, funding_column, row_builder
+from services.factor.compute import NO_FUNDING, Funding, PluginRows, Skipped, candle_frame, funding_column
 from services.factor.kernels import FUNDING_RATE
 from services.factor.series import series_for_calculators, window_starts
 from shared.plugins import Calculator, PluginError, build_calculators
@@ -75,11 +75,14 @@ def _arrays(history: SymbolHistory, funding: Funding) -> dict[str, np.ndarray]:
     return arrays
 
 
+def history_table(history: SymbolHistory) -> pa.Table:
+    """The symbol's whole history as the crawler's file would hold it (a file of every candle)."""
+    return pa.Table.from_pandas(history.frame, preserve_index=False).replace_schema_metadata(None)
+
+
 def whole_history(history: SymbolHistory, calcs: list[Calculator], funding: Funding) -> pd.DataFrame:
     """Every plugin once on the whole history (``--full-history``): PluginRows' frame, all rows kept."""
-    df = history.frame.copy()
-    df["symbol"] = history.symbol
-    df[FUNDING_RATE] = funding_column(history.begin_ms, funding)
+    df = candle_frame(history_table(history), history.symbol, funding_column(history.begin_ms, funding))
     for calc in calcs:
         df = calc(df)
     return df
@@ -109,27 +112,29 @@ def symbol_factors(history: SymbolHistory, funding: Funding, job: FactorJob,
 
 def exact_rows(history: SymbolHistory, funding: Funding, job: FactorJob, calcs: list[Calculator],
                rows: np.ndarray, skipped: dict[str, int] | None = None) -> SymbolFactors:
-    """The live row builder on each file's slice: the reference path, and the only one for a user's plugin."""
-    build = row_builder(calcs, fast=False)
-    assert isinstance(build, PluginRows)
-    table = pa.Table.from_pandas(history.frame, preserve_index=False).replace_schema_metadata(None)
+    """The live row builder on each file's slice: the reference path, and the only one for a user's plugin.
+
+    The builder live uses for a user's plugins (``row_builder``'s: the plugins, then the trailing built-ins
+    by their kernels), through ``PluginRows.window_values``: the same plugins and row on the same candles,
+    the symbol's frame laid out once instead of once per hour.
+    """
+    build = PluginRows(calcs, tail_kernels=True)
     starts = window_starts(len(history.begin_ms), job.num_candles)
     columns = [c.column for c in calcs]
-    kept, out = [], {c: [] for c in columns}
+    kept, found = [], []
     skipped, errors = dict(skipped or {}), []
-    for t in rows.tolist():
-        start = int(starts[t])
-        try:
-            row = build(table.slice(start, t - start + 1), history.symbol, funding)
-        except Skipped as e:
+    windows = [(int(starts[t]), t + 1) for t in rows.tolist()]
+    for t, got in zip(rows.tolist(), build.window_values(history_table(history), history.symbol, funding, windows,
+                                                          columns), strict=True):
+        if isinstance(got, Skipped):
             skipped["error"] = skipped.get("error", 0) + 1
             if len(errors) < 3:
-                errors.append(str(e))
+                errors.append(str(got))
             continue
         kept.append(t)
-        for c in columns:
-            out[c].append(row[c][0].as_py())
-    values = {c: np.array([np.nan if v is None else v for v in out[c]], dtype=np.float64) for c in columns}
+        found.append(got)
+    table = np.array(found, dtype=np.float64).reshape(len(kept), len(columns))
+    values = {c: table[:, k].copy() for k, c in enumerate(columns)}
     return SymbolFactors(history.symbol, np.array(kept, dtype=np.int64), values, skipped, errors)
 
 

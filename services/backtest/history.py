@@ -87,8 +87,11 @@ def clean_candles(df: pd.DataFrame, symbol: str, tz: str, problems: list[str],
         times = times.dt.tz_localize(tz)
     df = df.assign(candle_begin_time=times)
     ms = times.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[ms]").astype(np.int64)
-    order = np.argsort(ms, kind="stable")
-    df, ms = df.iloc[order].reset_index(drop=True), ms[order]
+    if (ms[1:] < ms[:-1]).any():  # the crawler's and the data set's files are in order: no copy for them
+        order = np.argsort(ms, kind="stable")
+        df, ms = df.iloc[order].reset_index(drop=True), ms[order]
+    else:
+        df = df.reset_index(drop=True)
     dup = np.r_[ms[1:] == ms[:-1], False]  # a row followed by one of the same hour: the later one is kept
     if dup.any():
         _note(problems, counts, "duplicate_hours", f"{symbol}: {int(dup.sum())} duplicate hour(s), first "

@@ -28,15 +28,31 @@ def window_starts(length: int, num_candles: int) -> np.ndarray:
     return np.maximum(np.arange(length) - num_candles + 1, 0)
 
 
-def _tail(values: np.ndarray, n: int, num_candles: int, lag: int = 0) -> np.ndarray:
-    """(rows, n): the last n values ending at each row, NaN where a value lies before the file's start
-    (or less than ``lag`` rows after it, for values that read ``lag`` rows back)."""
+def _tail(values: np.ndarray, n: int, num_candles: int, lag: int, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), n): the last n values ending at each of ``rows``, NaN where a value lies before the file's
+    start (or less than ``lag`` rows after it, for values that read ``lag`` rows back)."""
+    padded = np.concatenate([np.full(n - 1, np.nan), values])
+    cells = rows[:, None] - (n - 1) + np.arange(n)[None, :]  # the row each cell holds
+    first_ok = (window_starts(len(values), num_candles) + lag)[rows]
+    return np.where(cells >= first_ok[:, None], sliding_window_view(padded, n)[rows], np.nan)
+
+
+def _windows(values: np.ndarray, n: int, num_candles: int, lag: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row's window of the last n values, split: (rows whose window lies inside its file, past ``lag``,
+    and holds no NaN; their windows, (k, n); the other rows, whose windows ``_tail`` masks).
+
+    Most rows are whole, and their sums are the plain row sums of the same contiguous values (the same bits
+    as summing the masked block), without building the (rows, n) masks for them.
+    """
+    values = values.astype(np.float64, copy=False)
     length = len(values)
-    padded = np.concatenate([np.full(n - 1, np.nan), values.astype(np.float64, copy=False)])
-    view = sliding_window_view(padded, n)
-    rows = np.arange(length)[:, None] - (n - 1) + np.arange(n)[None, :]  # the row each cell holds
-    first_ok = window_starts(length, num_candles)[:, None] + lag
-    return np.where(rows >= first_ok, view, np.nan)
+    t = np.arange(length)
+    nan_before = np.r_[0, np.cumsum(np.isnan(values))]
+    whole = (t - (n - 1) >= window_starts(length, num_candles) + lag)
+    whole[whole] &= nan_before[t[whole] + 1] == nan_before[t[whole] - (n - 1)]
+    rows = np.flatnonzero(whole)
+    blocks = sliding_window_view(values, n)[rows - (n - 1)] if len(rows) else np.empty((0, n))  # n > length: none
+    return rows, blocks, np.flatnonzero(~whole)
 
 
 def _nan_sum(block: np.ndarray) -> np.ndarray:
@@ -53,14 +69,26 @@ def _nan_mean(block: np.ndarray) -> np.ndarray:
         return np.where(count > 0, np.where(ok, block, 0.0).sum(axis=1) / count, np.nan)
 
 
-def tail_mean(values: np.ndarray, n: int, num_candles: int) -> np.ndarray:
+def _window_stat(values: np.ndarray, n: int, num_candles: int, lag: int, mean: bool) -> np.ndarray:
+    """NaN-skipping rolling mean (or sum) of each row's window in its file."""
+    values = values.astype(np.float64, copy=False)
+    whole, blocks, rest = _windows(values, n, num_candles, lag)
+    out = np.empty(len(values))
+    out[whole] = blocks.sum(axis=1) / n if mean else blocks.sum(axis=1)
+    if len(rest):
+        block = _tail(values, n, num_candles, lag, rest)
+        out[rest] = _nan_mean(block) if mean else _nan_sum(block)
+    return out
+
+
+def tail_mean(values: np.ndarray, n: int, num_candles: int, lag: int = 0) -> np.ndarray:
     """``kernels._tail_mean`` at every row."""
-    return _nan_mean(_tail(values, n, num_candles))
+    return _window_stat(values, n, num_candles, lag, mean=True)
 
 
 def tail_sum(values: np.ndarray, n: int, num_candles: int) -> np.ndarray:
     """``kernels._tail_sum`` at every row."""
-    return _nan_sum(_tail(values, n, num_candles))
+    return _window_stat(values, n, num_candles, 0, mean=False)
 
 
 def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
@@ -111,7 +139,7 @@ def mtm_atr_mean(a: Arrays, n: int, num_candles: int) -> np.ndarray:
     mtm = np.full(len(close), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):  # a zero close: the live check skips those hours
         mtm[n:] = close[n:] / close[:-n] - 1
-    momentum = _nan_mean(_tail(mtm, n, num_candles, lag=n))
+    momentum = tail_mean(mtm, n, num_candles, lag=n)
     return momentum * (atr(a["high"], a["low"], close, n, num_candles) / tail_mean(close, n, num_candles))
 
 
@@ -121,9 +149,10 @@ def chg_pct_max(a: Arrays, n: int, num_candles: int) -> np.ndarray:
     pct = np.full(len(close), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         pct[1:] = close[1:] / close[:-1] - 1
-    block = _tail(pct, n, num_candles, lag=1)
-    nan = np.isnan(block)
-    return np.where(nan.any(axis=1), np.nan, np.max(np.where(nan, -np.inf, block), axis=1))
+    whole, blocks, _ = _windows(pct, n, num_candles, lag=1)  # the others hold a NaN or lack n changes: NaN
+    out = np.full(len(close), np.nan)
+    out[whole] = blocks.max(axis=1)
+    return out
 
 
 def pct_change(a: Arrays, n: int, num_candles: int) -> np.ndarray:
