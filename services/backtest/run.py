@@ -110,6 +110,10 @@ def run_range(history: History, cfg: SelectorConfig, opts: Options) -> tuple[np.
     return np.arange(start, end + 1, HOUR_MS, dtype=np.int64), notes
 
 
+POOL_MIN_BUILTIN_SYMBOLS = 256
+"""Built-in series cost ~5 ms a symbol; starting a pool's processes costs ~0.4 s: below this, one process wins."""
+
+
 def compute_factors(history: History, job: FactorJob, workers: int,
                     say: Callable[[str], None]) -> dict[str, SymbolFactors]:
     """Every traded symbol's factors, a symbol per task on a pool of ``workers`` processes (built-ins as
@@ -118,7 +122,7 @@ def compute_factors(history: History, job: FactorJob, workers: int,
     items = [(history.symbols[s], history.funding.get(s, NO_FUNDING)) for s in symbols]
     calcs = calculators(job)
     builtin = series_for_calculators(calcs) is not None
-    if workers <= 1 or len(items) < 2:
+    if workers <= 1 or len(items) < 2 or (builtin and len(items) < POOL_MIN_BUILTIN_SYMBOLS):
         tick = Progress(len(items), "symbols")
         out = {}
         for i, (sh, funding) in enumerate(items):
