@@ -25,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import zmq
 
 from shared import bus, security
@@ -37,30 +38,53 @@ from shared.messages import (
     SnapshotRequest,
     encode_unsequenced,
 )
-from shared.tables import ipc_to_frame
+from shared.tables import ipc_to_table
 
 log = logging.getLogger("client")
 
 
 @dataclass(frozen=True)
 class SelectionUpdate:
-    """One selection with its header; the article's tables decode on first use."""
+    """One selection with its header and the article's three tables.
+
+    The client reads and validates the tables as Arrow when the selection arrives (one with unreadable
+    tables is dropped there); the pandas frames convert on first use. The recorder writes its files
+    from the Arrow tables and never pays for the frames.
+    """
 
     header: Header
     selection: Selection
     payloads: tuple
 
     @cached_property
+    def tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """The factor, long and short tables as sent."""
+        factors, long, short = (ipc_to_table(p) for p in self.payloads)
+        return factors, long, short
+
+    @property
+    def factor_table(self) -> pa.Table:
+        return self.tables[0]
+
+    @property
+    def long_table(self) -> pa.Table:
+        return self.tables[1]
+
+    @property
+    def short_table(self) -> pa.Table:
+        return self.tables[2]
+
+    @cached_property
     def factors(self) -> pd.DataFrame:
-        return ipc_to_frame(self.payloads[0])
+        return self.factor_table.to_pandas()
 
     @cached_property
     def long(self) -> pd.DataFrame:
-        return ipc_to_frame(self.payloads[1])
+        return self.long_table.to_pandas()
 
     @cached_property
     def short(self) -> pd.DataFrame:
-        return ipc_to_frame(self.payloads[2])
+        return self.short_table.to_pandas()
 
     @property
     def run_time(self) -> datetime:
@@ -157,9 +181,9 @@ class SelectionClient:
         if key in self.seen or (not self.history and env.header.seq <= newest):
             return None  # already delivered (snapshot and update overlap), or older than what we have
         update = SelectionUpdate(env.header, env.body, tuple(env.payloads))
-        try:  # decode the tables now: an executor must not meet unreadable ones halfway through a round
-            update.factors, update.long, update.short  # noqa: B018
-        except Exception as e:  # Arrow and pandas raise several types on malformed tables
+        try:  # read the tables now: an executor must not meet unreadable ones halfway through a round
+            update.tables  # noqa: B018
+        except Exception as e:  # Arrow raises several types on malformed tables
             log.warning("dropped selection %s (seq %d from %s): unreadable table(s): %s: %s",
                         env.body.run_time.isoformat(), env.header.seq, env.header.sender, type(e).__name__,
                         str(e)[:200])

@@ -34,11 +34,11 @@ def record(workdir: Path, update: SelectionUpdate | MissedUpdate) -> None:
         return
     sel = update.selection
     t0 = time.perf_counter()
-    paths = write_round(workdir, sel, update.factors, update.long, update.short)
+    paths = write_round(workdir, sel, update.factor_table, update.long_table, update.short_table)
     cov = sel.coverage
     log.info("round %s: wrote %s, %s, %s, %s (%d factor rows, %d long, %d short, coverage %d/%d%s) in %.0f ms",
              sel.run_time.isoformat(), *(p.relative_to(workdir) for p in paths.values()),
-             len(update.factors), len(sel.long), len(sel.short), cov.received, cov.expected,
+             update.factor_table.num_rows, len(sel.long), len(sel.short), cov.received, cov.expected,
              ", INCOMPLETE" if sel.incomplete else "", (time.perf_counter() - t0) * 1000)
 
 
