@@ -605,8 +605,22 @@ def _endpoint_problem(error: Exception) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The one place that turns errors into exit codes: a user's mistake is one sentence and code 2."""
+    """The one place that turns errors into exit codes: a user's mistake is one sentence and code 2.
+
+    The error types are imported only when something was raised: ``alphabus health`` (a container's
+    health check, run every few seconds under a timeout) must not pay for importing pandas.
+    """
     args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as e:
+        return _exit_code(args.command, e)
+
+
+def _exit_code(command: str, error: BaseException) -> int:
+    """The exit code for what a command raised (re-raised when it is not a known way to fail)."""
     import zmq
 
     from alphabus.launcher import Terminated, UsageError
@@ -614,18 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     from shared.errors import UserMistake
     from shared.security import KeyProblem
 
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, KeyProblem, UsageError, UserMistake) as e:
-        print(f"alphabus {args.command}: {e}", file=sys.stderr)
+    if isinstance(error, ConfigError | KeyProblem | UsageError | UserMistake):
+        print(f"alphabus {command}: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except zmq.ZMQError as e:
-        problem = _endpoint_problem(e)
-        if problem is None:
-            raise
-        print(f"alphabus {args.command}: {problem}", file=sys.stderr)
+    if isinstance(error, zmq.ZMQError) and (problem := _endpoint_problem(error)) is not None:
+        print(f"alphabus {command}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
-        return 130
-    except Terminated as e:
-        return 128 + e.args[0]
+    if isinstance(error, Terminated):
+        return 128 + error.args[0]
+    raise error
