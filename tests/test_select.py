@@ -167,3 +167,98 @@ def test_a_round_with_separate_sides_reports_each_side_and_nets_a_coin_on_both()
         assert sel.targets[s] == next(p.position for p in sel.long if p.symbol == s) - next(
             p.position for p in sel.short if p.symbol == s)
     assert sel.offsets.keys() == {"0"} and sel.offsets["0"].targets == sel.targets and sel.hold_period == "1H"
+
+
+def _gathered(frame: pd.DataFrame, lots: dict, tables: list | None = None):
+    """A RoundState holding ``frame``'s rows (or ``tables``, each with its symbols), universe in frame order."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from services.position.rounds import RoundState
+    from shared.messages import FactorResults, RoundOpen, SymbolSpec
+
+    run_time = datetime(2024, 3, 1, 5, tzinfo=UTC)
+    state = RoundState(open=RoundOpen(run_time=run_time, interval="1h", funding={}, expire_sec=30,
+                                      symbols=[SymbolSpec(symbol=s, face_value=lots.get(s)) for s in frame["symbol"]]))
+    for table in [pa.Table.from_pandas(frame, preserve_index=False)] if tables is None else tables:
+        state.add_results(FactorResults(run_time=run_time, shard="0/1", symbols=table["symbol"].to_pylist(),
+                                        last_ready_at=None), table)
+    return state
+
+
+def test_unsizable_coins_are_skipped_and_the_rest_chosen_as_the_frame_core_chooses():
+    """The live shell's row path (columns from Arrow, frames only when asked) against the frame path."""
+    from services.position.rounds import build_selection
+    from services.position.strategy import candidate_pool, strategy_hour
+    from shared.config import SelectorConfig
+    from tests.reference import article_config
+
+    df, exg = _pool(120, 3)
+    lots = {s: fv for s, fv in exg["face_value"].items()}
+    unsizable = df["symbol"].iloc[::7].tolist()
+    for s in unsizable:
+        del lots[s]
+    df = df.assign(**{COLS[2]: df[COLS[2]].rank()})  # volume ranks leave the common rule keeping most
+    cfg = SelectorConfig.model_validate(article_config("unused", long_num=4, short_num=3, black_list=["S001USDT"]))
+    built = build_selection(cfg, _gathered(df, lots), flag_incomplete=True)
+    frame = df[["symbol", "close", *cfg.columns]].astype({"symbol": object})  # as the shell reads it: plain objects
+    frame.columns = pd.Index(list(frame.columns), dtype=object)
+    pool = candidate_pool(frame, cfg)
+    finite = set(pool["symbol"])
+    assert {s: r for s, r in built.selection.coverage.skipped.items()} == {
+        s: "bad_data: exginfo has no face_value" for s in unsizable if s in finite}
+    hour = strategy_hour(pool[pool["symbol"].isin(lots.keys())], lots, cfg, cfg.capital_usdt,
+                         built.selection.run_time, {})
+    for side in ("long", "short"):
+        picks, want = getattr(built.selection, side), getattr(hour, side)
+        assert [p.symbol for p in picks] == want["symbol"].tolist() and len(picks) > 0
+        assert [p.position for p in picks] == want["position"].tolist()
+        pd.testing.assert_frame_equal(getattr(built, side), want)
+    assert not set(unsizable) & {p.symbol for p in [*built.selection.long, *built.selection.short]}
+    pd.testing.assert_frame_equal(built.factors, frame)
+
+
+def test_results_of_different_schemas_are_concatenated_with_promotion():
+    """Tables of one schema are concatenated as they are; a round whose tables differ gets the unified schema."""
+    import pyarrow as pa
+
+    df, exg = _pool(6, 1)
+    lots = {s: fv for s, fv in exg["face_value"].items()}
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    same = _gathered(df, lots, [table.slice(0, 3), table.slice(3)])
+    assert same.uniform and same.factor_table().equals(table)
+    extra = table.slice(3).append_column("extra", pa.array([1.5] * 3))
+    mixed = _gathered(df, lots, [table.slice(0, 3), extra])
+    assert not mixed.uniform
+    got = mixed.factor_table()
+    assert got.column_names == [*table.column_names, "extra"]
+    assert got["extra"].to_pylist() == [None] * 3 + [1.5] * 3 and got.drop_columns(["extra"]).equals(table)
+
+
+def test_a_round_accounts_for_rows_skips_and_closes_in_universe_order():
+    """factor_table in universe order and missing() as their plain definitions, whatever order results come in."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from shared.messages import FactorResults, RoundClosed, Skip
+
+    df, exg = _pool(12, 2)
+    state = _gathered(df.iloc[:0], {}, [])  # an empty universe first: nothing is missing, no table
+    assert state.missing() == [] and state.factor_table() is None and state.complete()
+    lots = {s: fv for s, fv in exg["face_value"].items()}
+    state = _gathered(df, lots, [])
+    run_time, symbols = state.open.run_time, df["symbol"].tolist()
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    for part in ([7, 2, 9], [0, 2, 11]):  # 2 twice: the first row wins
+        state.add_results(FactorResults(run_time=run_time, shard="0/1", symbols=[symbols[i] for i in part],
+                                        last_ready_at=None), table.take(part))
+    state.add_results(FactorResults(run_time=run_time, shard="0/1", symbols=[], last_ready_at=None,
+                                    skipped=[Skip(symbol=symbols[4], reason="error", detail="boom")]), None)
+    plain = [s for s in state.universe if s not in state.rows and s not in state.skipped]
+    assert state.missing() == plain == [symbols[i] for i in (1, 3, 5, 6, 8, 10)] and not state.complete()
+    assert state.factor_table()["symbol"].to_pylist() == [symbols[i] for i in (0, 2, 7, 9, 11)]
+    state.add_closed(RoundClosed(run_time=run_time, missing={symbols[i]: "gone" for i in (1, 3, 5, 6, 8, 10)},
+                                 last_ready_at=datetime.now(UTC)))
+    assert state.missing() == [] and state.complete()

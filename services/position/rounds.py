@@ -6,12 +6,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from services.position.strategy import Choice, Hour, candidate_pool, rebalances, strategy_hour
+from services.position.strategy import Choice, Hour, Rows, Source, candidate_rows, rebalances, strategy_hour
 from shared.bus import Shard
 from shared.config import SelectorConfig
 from shared.messages import (
@@ -43,11 +44,18 @@ class RoundState:
     shards: set[str] = field(default_factory=set)
     late: set[str] = field(default_factory=set)
     schema: pa.Schema | None = None  # the received tables' unified schema: each new one must fit it
+    uniform: bool = True  # every table has the first one's schema: concatenated without promotion (5x cheaper)
     _combined: int = 0  # tables[:_combined] are each CONSOLIDATE_TABLES received tables in one chunk
 
     def __post_init__(self) -> None:
         self.universe = [s.symbol for s in self.open.symbols]
-        self._members = set(self.universe)
+        self._members = {s: i for i, s in enumerate(self.universe)}  # symbol -> place in the universe
+        # per place: its row in the concatenated tables (-1: none), and whether it is accounted for (a row or a
+        # skip): the round's finish reads both as arrays, not symbol by symbol
+        self._row_at = np.full(len(self.universe), -1, np.int64)
+        self._accounted = np.zeros(len(self.universe), dtype=bool)
+        # lot sizes, read when the round opens rather than when its last result arrives
+        self.face_values: dict[str, Decimal] = {s.symbol: s.face_value for s in self.open.symbols if s.face_value}
 
     def foreign(self, body: FactorResults) -> str | None:
         """Why these results are not the sender's to give (None: they are): symbols outside this
@@ -73,18 +81,22 @@ class RoundState:
             if self.schema is None:
                 self.schema = rows.schema
             elif not self.schema.equals(rows.schema):
+                self.uniform = False
                 self.schema = pa.unify_schemas([self.schema, rows.schema], promote_options="permissive")
             for i, symbol in enumerate(body.symbols):
                 if symbol in universe and symbol not in self.rows and symbol not in self.skipped:
                     self.rows[symbol] = self.received_rows + i
+                    self._row_at[universe[symbol]] = self.received_rows + i
+                    self._accounted[universe[symbol]] = True
             self.received_rows += rows.num_rows
             if len(self.tables) - self._combined >= CONSOLIDATE_TABLES:  # while waiting for the rest, not at the end
-                fresh = pa.concat_tables(self.tables[self._combined:], promote_options="permissive")
+                fresh = pa.concat_tables(self.tables[self._combined:], promote_options=self._promote)
                 self.tables[self._combined:] = [fresh.combine_chunks()]  # one chunk: a take over many is slow
                 self._combined += 1
         for skip in body.skipped:
             if skip.symbol in universe and skip.symbol not in self.rows:
                 self.skipped.setdefault(skip.symbol, f"{skip.reason}: {skip.detail}")
+                self._accounted[universe[skip.symbol]] = True
         if time.monotonic() > self.opened_at + self.open.expire_sec:  # after the crawler's deadline
             self.late.update(s for s in [*body.symbols, *(k.symbol for k in body.skipped)] if s in universe)
         self._note_ready(body.last_ready_at)
@@ -94,6 +106,8 @@ class RoundState:
         self.closed_at = time.monotonic()
         for symbol, why in body.missing.items():
             self.skipped.setdefault(symbol, f"no_candles: {why}")
+            if symbol in self._members:
+                self._accounted[self._members[symbol]] = True
         self._note_ready(body.last_ready_at)
 
     def _note_ready(self, t: datetime | None) -> None:
@@ -102,13 +116,17 @@ class RoundState:
 
     def factor_table(self) -> pa.Table | None:
         """Every received row, in universe order: one Arrow concat and take, no per-row work."""
-        order = [self.rows[s] for s in self.universe if s in self.rows]
-        if not order:
+        order = self._row_at[self._row_at >= 0]
+        if not len(order):
             return None
-        return pa.concat_tables(self.tables, promote_options="permissive").take(pa.array(order))
+        return pa.concat_tables(self.tables, promote_options=self._promote).take(pa.array(order))
+
+    @property
+    def _promote(self) -> str:
+        return "none" if self.uniform else "permissive"
 
     def missing(self) -> list[str]:
-        return [s for s in self.universe if s not in self.rows and s not in self.skipped]
+        return [self.universe[i] for i in np.flatnonzero(~self._accounted).tolist()]
 
     def complete(self) -> bool:
         return len(self.rows) + len(self.skipped) >= len(self.universe) and not self.missing()
@@ -157,45 +175,66 @@ def offset_books(hour: Hour, previous: Previous, run_time: datetime, period_hour
 @dataclass(frozen=True)
 class Built:
     selection: Selection
-    factors: pd.DataFrame  # symbol, close, the factor and filter columns (and composites): what the strategy read
-    long: pd.DataFrame  # the sized sides over those columns, plus what the strategy added
-    short: pd.DataFrame
     factor_table: pa.Table  # the factors as received, plus composite columns: published without another conversion
     long_table: pa.Table  # each side as published: every received column, then the strategy's (position as text)
     short_table: pa.Table
+    hour: Hour
+    read: Source  # symbol, close, the factor and filter columns: what the strategy read
+    composites: dict[str, np.ndarray]  # each composite column over the received rows (NaN outside its pool)
+
+    @cached_property
+    def factors(self) -> pd.DataFrame:
+        """What the strategy read, and the composites (built when asked for: after the selection is sent)."""
+        return self.read.frame.assign(**self.composites) if self.composites else self.read.frame
+
+    @property
+    def long(self) -> pd.DataFrame:
+        """The sized side over the columns read, plus what the strategy added."""
+        return self.hour.long
+
+    @property
+    def short(self) -> pd.DataFrame:
+        return self.hour.short
 
 
-def _strategy_frame(table: pa.Table, columns: list[str]) -> pd.DataFrame:
-    """The columns the strategy reads, as plain numpy-backed pandas (symbols as Python strings, labels too).
+def _strategy_frame(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The columns the strategy read, as plain numpy-backed pandas (symbols as Python strings, labels too).
 
     Converting the candle columns as well doubled the strategy's time, and pandas' Arrow-backed strings
     cost more than plain objects in every index and column operation on a frame this small.
     """
-    columns = list(dict.fromkeys(columns))
-    frame = pd.DataFrame({c: pd.Series(table[c].to_numpy(), dtype=object) if c == "symbol" else table[c].to_numpy()
-                          for c in columns})
-    frame.columns = pd.Index(columns, dtype=object)
+    frame = pd.DataFrame({c: pd.Series(v, dtype=object) if c == "symbol" else v for c, v in arrays.items()})
+    frame.columns = pd.Index(list(arrays), dtype=object)
     return frame
 
 
-def _side_table(table: pa.Table, row_of: dict[str, int], side: pd.DataFrame) -> pa.Table:
-    """A side as the article's frame has it: the picks' received rows with every column, then the columns the
-    strategy added (rule ranks, composite, position as exact text, pos_val), built in Arrow: converting the
-    whole frame back from pandas cost more than the strategy itself."""
-    rows = table.take(pa.array([row_of[s] for s in side["symbol"].tolist()], pa.int64()))
-    for column in side.columns:
-        if column in rows.column_names:
-            continue
-        values = side[column]
-        array = (pa.array([str(v) for v in values.tolist()], pa.string()) if column == "position"
-                 else pa.Array.from_pandas(values.to_numpy()))
-        rows = rows.append_column(column, array)
-    return rows
+def _received_rows(side: Rows) -> np.ndarray:
+    """The side's rows in the received table (the strategy frame's labels are its row numbers)."""
+    return side.source.labels[side.at]
 
 
-def _picks(side: pd.DataFrame, ranked_by: str, factors: list[str], filters: list[str]) -> list[Pick]:
-    columns = {c: side[c].tolist() for c in dict.fromkeys(["symbol", "close", ranked_by, "position", "pos_val",
-                                                           *factors, *filters])}
+def _side_tables(table: pa.Table, sides: tuple[Rows, ...]) -> list[pa.Table]:
+    """Each side as the article's frame has it: the picks' received rows with every column, then the columns the
+    strategy added (rule ranks, composite, position as exact text, pos_val), built in Arrow (converting the
+    whole frame back from pandas cost more than the strategy itself); one take for all sides."""
+    rows = table.take(pa.array(np.concatenate([_received_rows(side) for side in sides]), pa.int64()))
+    out, start = [], 0
+    for side in sides:
+        part = rows.slice(start, len(side))
+        start += len(side)
+        for column, values in side.added.items():
+            if column in part.column_names:
+                continue
+            array = (pa.array([str(v) for v in values.tolist()], pa.string()) if column == "position"
+                     else pa.Array.from_pandas(values))
+            part = part.append_column(column, array)
+        out.append(part)
+    return out
+
+
+def _picks(side: Rows, ranked_by: str, factors: list[str], filters: list[str]) -> list[Pick]:
+    columns = {c: side.column(c).tolist() for c in dict.fromkeys(["symbol", "close", ranked_by, "position",
+                                                                  "pos_val", *factors, *filters])}
     return [
         Pick(symbol=columns["symbol"][i], close=columns["close"][i], factor=columns[ranked_by][i],
              factors={f: columns[f][i] for f in factors}, filters={f: columns[f][i] for f in filters},
@@ -204,17 +243,17 @@ def _picks(side: pd.DataFrame, ranked_by: str, factors: list[str], filters: list
     ]
 
 
-def _with_composites(table: pa.Table, factors: pd.DataFrame, cfg: SelectorConfig,
-                     choice: Choice) -> tuple[pa.Table, pd.DataFrame]:
+def _composites(cfg: SelectorConfig, choice: Choice, read: list[str], rows: int) -> dict[str, np.ndarray]:
     """factor_his gets each composite column: its value over the side's pool, empty for rows outside it."""
-    for side, pool in (("long", choice.long_pool), ("short", choice.short_pool)):
+    out = {}
+    for side, pool in (("long", choice.long_pool_rows), ("short", choice.short_pool_rows)):
         column = cfg.composite_column(side)
-        if column is None or column in factors.columns:
+        if column is None or column in read or column in out:
             continue
-        values = pool[column].reindex(factors.index).to_numpy(dtype=float)
-        factors = factors.assign(**{column: values})
-        table = table.append_column(column, pa.array(values, pa.float64()))
-    return table, factors
+        values = np.full(rows, np.nan)
+        values[_received_rows(pool)] = pool.column(column)
+        out[column] = values
+    return out
 
 
 def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: bool,
@@ -229,19 +268,25 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
     if table is None:  # every symbol skipped or missing: empty sides, with the columns, as promised
         table = pa.table({"symbol": pa.array([], pa.large_string()),
                           **{c: pa.array([], pa.float64()) for c in ["close", *cfg.columns]}})
-    received = table
-    factors = _strategy_frame(table, ["symbol", "close", *cfg.columns])
-    face_values: dict[str, Decimal] = {s.symbol: s.face_value for s in state.open.symbols if s.face_value}
+    columns = list(dict.fromkeys(["symbol", "close", *cfg.columns]))
+    arrays = {c: table[c].to_numpy() for c in columns}  # the strategy's frame only when asked for (after the send)
+    source = Source(lambda: _strategy_frame(arrays), arrays)
+    face_values = state.face_values
     skipped = dict(state.skipped)
-    pool = candidate_pool(factors, cfg)
-    unsizable = np.array([s not in face_values for s in pool["symbol"].tolist()], dtype=bool)
-    for symbol in pool.loc[unsizable, "symbol"]:
-        skipped[symbol] = "bad_data: exginfo has no face_value"
+    pool = candidate_rows(source.rows(), cfg)
+    unsizable = [s for s in pool.column("symbol").tolist() if s not in face_values]
+    if unsizable:
+        for symbol in unsizable:
+            skipped[symbol] = "bad_data: exginfo has no face_value"
+        pool = pool.take(np.array([s in face_values for s in pool.column("symbol").tolist()], dtype=bool))
     previous = previous or Previous()
     held = {o: book.targets for o, book in previous.offsets.items()}
-    hour = strategy_hour(pool[~unsizable], face_values, cfg, cfg.capital_usdt, run_time, held)
-    choice, long, short = hour.choice, hour.long, hour.short
-    table, factors = _with_composites(table, factors, cfg, choice)
+    hour = strategy_hour(pool, face_values, cfg, cfg.capital_usdt, run_time, held)
+    choice, long, short = hour.choice, hour.long_rows, hour.short_rows
+    composites = _composites(cfg, choice, columns, table.num_rows)
+    factor_table = table
+    for column, values in composites.items():
+        factor_table = factor_table.append_column(column, pa.array(values, pa.float64()))
     ranked_by = {side: cfg.composite_column(side) or factor_list[0].column
                  for side, factor_list in (("long", cfg.long_factor_list), ("short", cfg.short_factor_list))}
     filters = cfg.filter_columns
@@ -255,8 +300,9 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
         hold_period=cfg.hold_period,
         long=_picks(long, ranked_by["long"], _side_factors(cfg, "long"), filters),
         short=_picks(short, ranked_by["short"], _side_factors(cfg, "short"), filters),
-        shortfall=Shortfall(pool=choice.pool, long_pool=len(choice.long_pool), short_pool=len(choice.short_pool),
-                            long_wanted=choice.long_wanted, long_got=len(long), short_wanted=choice.short_wanted,
+        shortfall=Shortfall(pool=choice.pool, long_pool=len(choice.long_pool_rows),
+                            short_pool=len(choice.short_pool_rows), long_wanted=choice.long_wanted,
+                            long_got=len(long), short_wanted=choice.short_wanted,
                             short_got=len(short)) if choice.shortfall else None,
         pool=choice.pool,
         coverage=Coverage(expected=len(universe), received=len(state.rows), skipped=skipped, missing=missing,
@@ -270,9 +316,8 @@ def build_selection(cfg: SelectorConfig, state: RoundState, flag_incomplete: boo
         previous=previous.targets,
         changes=target_changes(hour.targets, previous.targets),
     )
-    row_of = {s: i for i, s in enumerate(factors["symbol"].tolist())}
-    return Built(selection, factors, long, short, table, _side_table(received, row_of, long),
-                 _side_table(received, row_of, short))
+    long_table, short_table = _side_tables(table, (long, short))
+    return Built(selection, factor_table, long_table, short_table, hour, source, composites)
 
 
 def _side_factors(cfg: SelectorConfig, side: str) -> list[str]:
