@@ -7,6 +7,7 @@ pool's rows those of the service computing alone, whatever a pool process does (
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from services.factor.compute import (
     newest_row,
     row_builder,
 )
-from services.factor.pool import RowPool, Task, compute_rows, default_workers
+from services.factor.pool import LOCAL_BATCH, RowPool, Task, compute_rows, default_workers
 from services.market.sim import SyntheticMarket, write_hour
+from shared import bus
 from shared.bmac import BmacDir, max_file_bytes, read_candle_table
 from shared.config import FactorSpec, FilterSpec, load_config
 from shared.plugins import build_calculators
@@ -224,16 +226,19 @@ def rows_by_symbol(rows) -> dict[str, dict]:
     return {s: {k: v[0] for k, v in table.slice(i, 1).to_pydict().items()} for i, s in enumerate(rows.symbols)}
 
 
+FATAL = ("import os\n\n\ndef signal(*args):\n    df, n, d_num, name = args\n"
+         "    if (os.environ.get('FATAL_SYMBOL') == df['symbol'].iat[-1]\n"
+         "            and os.getpid() != int(os.environ['SERVICE_PID'])):\n"
+         "        os._exit(3)\n"
+         "    df[name] = df['close'].pct_change(n)\n    return df\n")
+"""A factor that kills any process but the service's computing $FATAL_SYMBOL: shows who computed it."""
+
+
 def test_a_pool_gives_the_rows_of_one_process_and_survives_its_processes_dying(tmp_path):
     """Two processes (this one and one pool process) with the users' plugins; a plugin that kills its
     process costs that process's share of the round, reported as skipped, and a replacement serves the next."""
     (tmp_path / "factors").mkdir()
-    (tmp_path / "factors" / "Fatal.py").write_text(
-        "import os\n\n\ndef signal(*args):\n    df, n, d_num, name = args\n"
-        "    if (os.environ.get('FATAL_SYMBOL') == df['symbol'].iat[-1]\n"
-        "            and os.getpid() != int(os.environ['SERVICE_PID'])):\n"
-        "        os._exit(3)\n"
-        "    df[name] = df['close'].pct_change(n)\n    return df\n")
+    (tmp_path / "factors" / "Fatal.py").write_text(FATAL)
     tasks, closed_begin = bmac_tasks(tmp_path)
     three = [["Roll", True, 24, 0, 1], ["Named", False, 12, 0, 1], ["Diffed", True, 6, 0, 1]]
     for factor in (three, ["Fatal", True, 24, 0, 1]):
@@ -253,8 +258,6 @@ def test_a_pool_gives_the_rows_of_one_process_and_survives_its_processes_dying(t
             finally:
                 pool.close()
     # Fatal: the pool process dies on one of its symbols; the service process computes the same symbol fine
-    import os
-
     pool = RowPool(cfg, workdir, build, 2, True, HOUR_MS, max_file_bytes())
     try:
         victim = next(t.symbol for t in tasks if pool.share(t.symbol) == 1)
@@ -282,6 +285,36 @@ def test_a_pool_gives_the_rows_of_one_process_and_survives_its_processes_dying(t
         os.environ.pop("SERVICE_PID", None)
         pool.close()
     assert all(not p.process.is_alive() for p in pool.procs)
+
+
+def test_a_live_trickle_is_computed_in_the_service_process_and_bigger_batches_by_the_pool(tmp_path, monkeypatch):
+    """A batch of one or two symbols (live candles arriving apart) skips the pool process's round trip, whatever
+    their hashes; a bigger batch is split by hash as before (the pool process dies on its symbol: only then)."""
+    (tmp_path / "factors").mkdir()
+    (tmp_path / "factors" / "Fatal.py").write_text(FATAL)
+    tasks, closed_begin = bmac_tasks(tmp_path)
+    workdir = user_workdir(tmp_path, factor=["Fatal", True, 24, 0, 1], long_num=0.1, short_num=0.1)
+    cfg = load_config(workdir)
+    build = row_builder(build_calculators(cfg.factor_specs, cfg.all_filters, workdir))
+    victim = next(t for t in tasks if bus.bucket_of(t.symbol) % 2 == 1)
+    others = [t for t in tasks if t is not victim]
+    monkeypatch.setenv("SERVICE_PID", str(os.getpid()))
+    monkeypatch.setenv("FATAL_SYMBOL", victim.symbol)
+    pool = RowPool(cfg, workdir, build, 2, True, HOUR_MS, max_file_bytes())
+    try:
+        assert pool.wait_started(120) and pool.share(victim.symbol) == 1
+        for batch in ([victim], [others[0], victim]):
+            assert len(batch) <= LOCAL_BATCH
+            rows = pool.compute(batch, closed_begin)
+            alone = compute_rows(batch, build, cfg.min_candle_num, closed_begin, max_file_bytes())
+            assert rows.symbols == [t.symbol for t in batch] and not rows.skipped
+            assert rows_by_symbol(rows) == rows_by_symbol(alone)
+        assert pool.restarts == 0 and pool.procs[0].process.is_alive()
+        bigger = pool.compute([victim, *others[:LOCAL_BATCH]], closed_begin)
+        assert [s.symbol for s in bigger.skipped] == [victim.symbol] and "died" in bigger.skipped[0].detail
+        assert bigger.symbols == [t.symbol for t in others[:LOCAL_BATCH]] and pool.restarts == 1
+    finally:
+        pool.close()
 
 
 @pytest.mark.parametrize("newest", ["nat", "ns", "other_zone"])

@@ -5,6 +5,13 @@ lands on the same worker (whatever a worker keeps between rounds stays useful). 
 in the service process itself while the pool's processes compute theirs, so ``workers`` = N uses
 N processes in all and ``workers`` = 1 is the plain in-process loop.
 
+A batch of at most ``LOCAL_BATCH`` symbols (a live round's candles arrive one or two at a time) is
+computed in the service process whatever its hashes: a pool process's round trip (pickle, pipe, its
+wake-up, the rows back as Arrow IPC) costs more than a kernel row and most of a plugin row. Nothing a
+worker keeps between rounds is needed for a correct row (today: only caches), so the hash rule is
+about where such caches stay warm, not about results. When the service falls behind, its batches grow
+and the pool takes its shares again.
+
 A pool process runs ``serve`` and talks to the service over a pipe: it receives a round's tasks and
 answers with its rows as one Arrow IPC table plus its skips. A process that dies (a plugin's C code
 crashing, the OOM killer, a kill) costs only its own symbols of that round, reported as skipped with
@@ -48,6 +55,8 @@ from shared.tables import ipc_to_table, table_to_ipc
 
 log = logging.getLogger("factor")
 WORKERS_ENV = "ALPHABUS_FACTOR_WORKERS"
+LOCAL_BATCH = 2
+"""Batches of at most this many symbols are computed in the service process (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,8 @@ class RowPool:
         return bus.bucket_of(symbol) % self.workers
 
     def compute(self, tasks: Sequence[Task], closed_begin: datetime) -> Rows:
+        if len(tasks) <= LOCAL_BATCH:  # a live trickle: the round trip to a pool process costs more than it saves
+            return compute_rows(tasks, self.build, self.cfg.min_candle_num, closed_begin, self.max_file_bytes)
         shares: list[list[Task]] = [[] for _ in range(self.workers)]
         for task in tasks:
             shares[self.share(task.symbol)].append(task)
