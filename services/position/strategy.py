@@ -372,13 +372,11 @@ def candidate_pool(factors: pd.DataFrame, strategy: Strategy) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class _Chosen:
-    """A choice's rows; each frame is built when first read (the live service reads the rows)."""
+class _Sized:
+    """Sized sides as rows; each frame is built when first read."""
 
     long_rows: Rows
     short_rows: Rows
-    long_pool_rows: Rows
-    short_pool_rows: Rows
 
     @property
     def long(self) -> pd.DataFrame:
@@ -387,6 +385,14 @@ class _Chosen:
     @property
     def short(self) -> pd.DataFrame:
         return self.short_rows.frame
+
+
+@dataclass(frozen=True)
+class _Chosen(_Sized):
+    """A choice's rows and its pools'; each frame is built when first read (the live service reads the rows)."""
+
+    long_pool_rows: Rows
+    short_pool_rows: Rows
 
     @property
     def long_pool(self) -> pd.DataFrame:
@@ -524,22 +530,6 @@ def sum_targets(per_offset: Mapping[int, Mapping[str, Decimal]]) -> dict[str, De
         for symbol, qty in targets.items():
             total[symbol] = total.get(symbol, Decimal(0)) + qty
     return total
-
-
-@dataclass(frozen=True)
-class _Sized:
-    """Sized sides as rows; each frame is built when first read."""
-
-    long_rows: Rows
-    short_rows: Rows
-
-    @property
-    def long(self) -> pd.DataFrame:
-        return self.long_rows.frame
-
-    @property
-    def short(self) -> pd.DataFrame:
-        return self.short_rows.frame
 
 
 @dataclass(frozen=True)
