@@ -37,8 +37,8 @@ from shared.strategy import FactorSpec, FilterRule, Strategy, parse_rule
 __all__ = [
     "HOUR", "Choice", "Choices", "Hour", "Hours", "Rows", "Source", "apply_rules", "candidate_pool",
     "candidate_rows", "choose", "choose_hours", "composite", "hour_keys", "hour_number", "hour_targets",
-    "offset_targets", "order_side", "parse_rule", "pick_sides", "post_filter", "rank_first", "rank_min",
-    "rebalances", "resolve_count", "resolve_counts", "rule_mask", "rule_values", "side_targets", "size_choice",
+    "offset_targets", "parse_rule", "pick_sides", "rank_first", "rank_min",
+    "rebalances", "resolve_count", "resolve_counts", "size_choice",
     "sort_order", "strategy_hour", "strategy_hours", "sum_targets",
 ]
 
@@ -202,23 +202,20 @@ def _rule_values(values: np.ndarray, keys: np.ndarray, how: str, ascending: bool
     return ranks / np.bincount(keys)[keys] if how == "pct" else ranks
 
 
-def rule_values(pool: pd.DataFrame, column: str, how: str, ascending: bool = True) -> np.ndarray:
-    """What a rule compares: the raw column (val), its rank over the hour's pool (rank) or rank / pool size (pct)."""
-    return _rule_values(pool[column].to_numpy(dtype=float), hour_keys(pool), how, ascending)
-
-
-def rule_mask(pool: pd.DataFrame, column: str, how: str, op: str, value: float, ascending: bool = True) -> np.ndarray:
-    """Which rows of the pool pass one rule."""
-    return np.asarray(_COMPARE[op](rule_values(pool, column, how, ascending), value))
+def _rule(rows: Rows, rule: FilterRule, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(what one rule compares over each hour of ``rows``, which rows pass it)."""
+    how, op, value = rule.parsed
+    values = _rule_values(rows.column(rule.column).astype(float, copy=False), keys, how, rule.ascending)
+    return values, np.asarray(_COMPARE[op](values, value))
 
 
 def _apply_rules(rows: Rows, rules: Sequence[FilterRule]) -> Rows:
     for rule in rules:
-        how, op, value = rule.parsed
-        values = _rule_values(rows.column(rule.column).astype(float, copy=False), rows.keys, how, rule.ascending)
+        values, passed = _rule(rows, rule, rows.keys)
+        how = rule.parsed[0]
         if how != "val":
             rows = rows.with_columns({f"{rule.column}_{how}": values})
-        rows = rows.take(np.asarray(_COMPARE[op](values, value)))
+        rows = rows.take(passed)
     return rows
 
 
@@ -232,20 +229,8 @@ def _post_keep(pool: Rows, rules: Sequence[FilterRule]) -> np.ndarray:
     keep = np.ones(len(pool), dtype=bool)
     keys = pool.keys
     for rule in rules:
-        how, op, value = rule.parsed
-        values = _rule_values(pool.column(rule.column).astype(float, copy=False), keys, how, rule.ascending)
-        keep &= np.asarray(_COMPARE[op](values, value))
+        keep &= _rule(pool, rule, keys)[1]
     return keep
-
-
-def post_filter(picks: pd.DataFrame, pool: pd.DataFrame, rules: Sequence[FilterRule]) -> pd.DataFrame:
-    """Drop picks failing any rule, each rule computed over the whole pool the picks came from (no replacement).
-
-    ``picks`` is indexed by the pool's labels (unique, across a panel's hours too).
-    """
-    if not rules or picks.empty:
-        return picks
-    return picks[_post_keep(Source(pool).rows(), rules)[pool.index.get_indexer(picks.index)]]
 
 
 def _composite(values: Sequence[np.ndarray], keys: np.ndarray, factors: Sequence[FactorSpec]) -> np.ndarray:
@@ -280,16 +265,6 @@ def _order_side(pool: Rows, factors: Sequence[FactorSpec], composite_column: str
         raise ValueError("several factors need a composite column name")
     score = _composite([pool.column(f.column).astype(float, copy=False) for f in factors], keys, factors)
     return pool.with_columns({composite_column: score}), _stable_order(score, keys, True)
-
-
-def order_side(pool: pd.DataFrame, factors: Sequence[FactorSpec], composite_column: str | None) -> pd.DataFrame:
-    """Each hour's pool ordered head = short, tail = long; index labels are the pool's.
-
-    One factor: the article's ``sort_values(column, ascending=reverse)``. Several: the composite,
-    stored as ``composite_column``, sorted ascending and stably (ties stay in universe order).
-    """
-    pool_rows, order = _order_side(Source(pool).rows(), factors, composite_column)
-    return pool_rows.take(order).frame
 
 
 def resolve_count(spec: int | float, pool_size: int) -> int:
@@ -497,11 +472,6 @@ def hour_targets(long: Rows, short: Rows, hours: int) -> list[dict[str, Decimal]
                                       short.column("position").tolist(), strict=True):
         targets[hour][symbol] = targets[hour].get(symbol, Decimal(0)) - position
     return targets
-
-
-def side_targets(long: pd.DataFrame, short: pd.DataFrame) -> dict[str, Decimal]:
-    """One hour's signed contracts: long +, short -; a coin on both sides nets out."""
-    return hour_targets(Source(long).rows(), Source(short).rows(), 1)[0]
 
 
 def hour_number(run_time: datetime) -> int:
