@@ -2,7 +2,8 @@
 
 Topology (the long-lived side binds):
   market   PUB  binds ALPHABUS_MARKET_PUB    topics ``round.open``, ``round.closed``,
-                                             ``candle.<bucket>.<SYMBOL>``, ``hb.market``
+                                             ``candle.<bucket>.<SYMBOL>`` (a file's bytes),
+                                             ``candles`` (paths, to every shard), ``hb.market``
   factor   PUB  connects to ALPHABUS_FACTOR_IN (position's bound SUB)   topics ``factor.<shard>``, ``hb.factor``
   position PUB  binds ALPHABUS_SELECTION_PUB topics ``selection``, ``hb.position``
   position ROUTER binds ALPHABUS_SNAPSHOT    answers SnapshotRequest with the latest selection
@@ -59,6 +60,8 @@ ROUND_OPEN = "round.open"
 ROUND_CLOSED = "round.closed"
 ROUND_MISSED = "round.missed"  # the market could not run a round: the position service records it
 SELECTION = "selection"
+CANDLE_PATHS = "candles"
+"""Candle files sent by path, many symbols a message, to every shard (no bucket prefix matches it)."""
 
 
 def bucket_of(symbol: str) -> int:
@@ -109,10 +112,11 @@ class Shard:
         return bucket_of(symbol) * self.count // BUCKETS == self.index
 
     def candle_prefixes(self) -> list[str]:
-        """Subscription prefixes: the publisher filters, so the worker only receives its own symbols."""
+        """Subscription prefixes: the publisher filters, so the worker only receives its own symbols' bytes
+        (and every path message, of which it computes its own symbols)."""
         if self.count == 1:
-            return ["candle."]
-        return [f"candle.{b:02x}." for b in self.buckets()]
+            return ["candle.", CANDLE_PATHS]
+        return [f"candle.{b:02x}." for b in self.buckets()] + [CANDLE_PATHS]
 
 
 # -- sending and receiving ----------------------------------------------------------------------

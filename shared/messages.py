@@ -85,6 +85,10 @@ class Body(BaseModel):
     """How many payload frames a message of this kind carries (least, most); decode enforces it."""
     run_time: AwareDatetime | None = Field(description="The round this message belongs to.")
 
+    def payload_count(self) -> int | None:
+        """The exact number of payload frames this body's content calls for (None: any in ``payload_frames``)."""
+        return None
+
 
 class SymbolSpec(BaseModel):
     """One tradable contract of the round, from the crawler's exginfo."""
@@ -124,22 +128,17 @@ class RoundClosed(Body):
     last_ready_at: AwareDatetime | None = Field(description="When the round's last ready marker was seen.")
 
 
-class Candles(Body):
-    """Market: one symbol's candle file, as the crawler wrote it, and its funding events.
+class CandleFile(BaseModel):
+    """One symbol's ready candle file, and its funding events.
 
-    Payload: the feather bytes; or none with ``by_path``, when the factor workers share the
-    crawler's filesystem and read the file themselves (nothing large crosses the socket).
-    Funding travels as two parallel lists rather than a list of pairs: validating them is
-    several times faster, and a round validates one per symbol.
+    Funding travels as two parallel lists rather than a list of pairs: validating them is several
+    times faster, and a round validates one per symbol.
     """
 
-    kind: ClassVar[str] = "candles"
-    payload_frames: ClassVar[tuple[int, int]] = (0, 1)
-    run_time: AwareDatetime
+    model_config = ConfigDict(frozen=True, extra="forbid")
     symbol: Symbol
-    path: str = Field(max_length=4096, description="The file the bytes came from (to read, with by_path).")
+    path: str = Field(max_length=4096, description="The file the candles come from (to read, with by_path).")
     ready_at: AwareDatetime = Field(description="When the market saw the symbol's ready marker.")
-    by_path: bool = Field(False, description="No payload: read the file at ``path``.")
     funding_times: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(
         [], max_length=MAX_FUNDING_EVENTS, description="The symbol's funding events inside the candle file's "
         "span: times in ms since the epoch, strictly increasing; sent when a configured plugin reads funding.")
@@ -147,13 +146,41 @@ class Candles(Body):
         [], max_length=MAX_FUNDING_EVENTS, description="The events' rates, one per time.")
 
     @model_validator(mode="after")
-    def _one_rate_per_increasing_time(self) -> Candles:
+    def _one_rate_per_increasing_time(self) -> CandleFile:
         times = self.funding_times
         if len(times) != len(self.funding_rates):
             raise ValueError(f"{len(times)} funding_times but {len(self.funding_rates)} funding_rates")
         if any(a >= b for a, b in itertools.pairwise(times)):
             raise ValueError("funding_times must be strictly increasing")
         return self
+
+
+class Candles(Body):
+    """Market: candle files whose ready markers appeared together, as the crawler wrote them.
+
+    Payload: each file's feather bytes, in ``files`` order (one file per message, on its symbol's
+    bucket topic, so a shard receives only its own bytes); or none with ``by_path``, when the
+    factor workers share the crawler's filesystem and read the files themselves. Path messages
+    are small, so the markers that appear within a few milliseconds travel as one message on
+    ``bus.CANDLE_PATHS`` to every shard, and each shard computes the files it owns: a live round
+    of thousands of symbols costs tens of messages, not thousands.
+    """
+
+    kind: ClassVar[str] = "candles"
+    payload_frames: ClassVar[tuple[int, int]] = (0, MAX_PAYLOAD_FRAMES)
+    run_time: AwareDatetime
+    files: list[CandleFile] = Field(min_length=1, max_length=MAX_SYMBOLS)
+    by_path: bool = Field(False, description="No payload: read each file at its ``path``.")
+
+    @model_validator(mode="after")
+    def _unique_files(self) -> Candles:
+        _unique([f.symbol for f in self.files], "files")
+        if not self.by_path and len(self.files) > MAX_PAYLOAD_FRAMES:
+            raise ValueError(f"{len(self.files)} files' bytes in one message; at most {MAX_PAYLOAD_FRAMES}")
+        return self
+
+    def payload_count(self) -> int:
+        return 0 if self.by_path else len(self.files)
 
 
 class Skip(BaseModel):
@@ -401,6 +428,9 @@ def decode(frames: list[Any]) -> Envelope:
     except Exception as e:  # a validator tripped on something stranger still: the message is bad all the same
         raise BadMessage(f"invalid {origin}: {type(e).__name__}: {_short(str(e))}") from None
     least, most = body_cls.payload_frames
+    exact = body.payload_count()
+    if exact is not None:
+        least = most = exact
     if not least <= len(frames) - 2 <= most:
         raise BadMessage(f"{origin} has {len(frames) - 2} payload frame(s), expected "
                          f"{least if least == most else f'{least} to {most}'}")

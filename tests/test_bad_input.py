@@ -17,6 +17,7 @@ from alphabus.launcher import free_port
 from services.market.sim import SyntheticMarket, write_hour
 from services.recorder.files import history_paths
 from shared.bmac import BmacDir
+from shared.messages import SCHEMA_VERSION
 from tests.conftest import write_config
 from tests.reference import article_round, assert_same_round
 from tests.stack import StackRun
@@ -133,8 +134,9 @@ def test_garbage_on_every_socket_is_dropped_and_rounds_go_on(tmp_path, service_l
             _send_raw_garbage(address)
         pub = stack.insider(zmq.PUB, "factor", "factor_in", stack.endpoints["ALPHABUS_FACTOR_IN"])
         dealer = stack.insider(zmq.DEALER, "cli", "selections", stack.endpoints["ALPHABUS_SNAPSHOT"])
-        garbage = [[b"factor.x", b"\xc1not msgpack"], [b"factor.x"], [b"factor.x", msgpack.packb({"v": 1})],
-                   [b"factor.x", msgpack.packb({"v": 1, "kind": "factor_results", "body": "no"})]]
+        garbage = [[b"factor.x", b"\xc1not msgpack"], [b"factor.x"],
+                   [b"factor.x", msgpack.packb({"v": SCHEMA_VERSION})],
+                   [b"factor.x", msgpack.packb({"v": SCHEMA_VERSION, "kind": "factor_results", "body": "no"})]]
 
         def send_garbage() -> None:
             for frames in garbage:

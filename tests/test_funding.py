@@ -29,7 +29,7 @@ from services.market.sim import ReplayMarket, SyntheticMarket, write_hour
 from shared import bus
 from shared.bmac import BmacDir, funding_events, lot_sizes
 from shared.config import FactorSpec, FilterSpec, load_config
-from shared.messages import MAX_FUNDING_EVENTS, BadMessage, Candles, Header, decode, encode
+from shared.messages import MAX_FUNDING_EVENTS, BadMessage, CandleFile, Candles, Header, decode, encode
 from shared.plugins import Calculator, build_calculators, needs_funding
 from shared.quantities import lot_decimals
 from shared.service import StopFlag
@@ -191,17 +191,17 @@ def test_the_replays_funding_history_is_bounded(real_data):
 # -- the Candles message ------------------------------------------------------------------------------
 def _candles(**funding) -> Candles:
     now = datetime.now(UTC)
-    return Candles(run_time=now, symbol="XUSDT", path="x", ready_at=now, **funding)
+    return Candles(run_time=now, files=[CandleFile(symbol="XUSDT", path="x", ready_at=now, **funding)])
 
 
-def _roundtrip(body: dict) -> Candles:
+def _roundtrip(body: dict) -> CandleFile:
     header = Header(kind="candles", stack="", sender="t", seq=1, sent_at=datetime.now(UTC))
     frames = encode("candle.00.XUSDT", header, _candles())
     import msgpack
 
     head = msgpack.unpackb(frames[1])
-    head["body"].update(body)
-    return decode([frames[0], msgpack.packb(head), b""]).body  # type: ignore[return-value]
+    head["body"]["files"][0].update(body)
+    return decode([frames[0], msgpack.packb(head), b""]).body.files[0]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("body, problem", [
@@ -224,14 +224,14 @@ def test_funding_survives_the_wire():
 
 
 # -- the market sends each symbol's funding with its candles ------------------------------------------
-def _received_candles(market: Market, sub: zmq.Socket, run_time: datetime) -> dict[str, Candles]:
+def _received_candles(market: Market, sub: zmq.Socket, run_time: datetime) -> dict[str, CandleFile]:
     market.wait_for_subscribers(5)
     assert market.run_round(run_time)
     out = {}
     while sub.poll(2000):
         env = decode(sub.recv_multipart())
         if isinstance(env.body, Candles):
-            out[env.body.symbol] = env.body
+            out.update((f.symbol, f) for f in env.body.files)
         elif env.topic == bus.ROUND_CLOSED:
             break
     return out
@@ -258,7 +258,7 @@ def pub_sub():
     address = f"tcp://127.0.0.1:{free_port()}"
     pub.bind(address)
     sub.connect(address)
-    for topic in (bus.ROUND_OPEN, bus.ROUND_CLOSED, "candle."):
+    for topic in (bus.ROUND_OPEN, bus.ROUND_CLOSED, "candle.", bus.CANDLE_PATHS):
         sub.setsockopt_string(zmq.SUBSCRIBE, topic)
     yield pub, sub
     pub.close(0)

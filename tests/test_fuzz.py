@@ -56,7 +56,7 @@ body_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
         st.sampled_from(["symbol", "symbols", "skipped", "shard", "reason", "detail", "face_value", "run_time",
                          "state", "service", "missing", "path", "ready_at", "by_path", "interval", "funding",
-                         "expire_sec", "last_ready_at", "long", "short", "coverage"]) | st.text(max_size=5),
+                         "expire_sec", "last_ready_at", "long", "short", "coverage", "files"]) | st.text(max_size=5),
         inner, max_size=6),
     max_leaves=25,
 )
@@ -70,7 +70,9 @@ fields = {
     "body": body_values | st.fixed_dictionaries({"run_time": st.just(RUN.isoformat())}, optional={
         "shard": plausible_text, "symbols": st.lists(plausible_text, max_size=3), "skipped": body_values,
         "symbol": plausible_text, "path": plausible_text, "ready_at": plausible_text,
-        "last_ready_at": st.none() | plausible_text, "service": plausible_text, "state": body_values}),
+        "last_ready_at": st.none() | plausible_text, "service": plausible_text, "state": body_values,
+        "by_path": st.booleans(), "files": st.lists(st.fixed_dictionaries(
+            {"symbol": plausible_text, "path": plausible_text, "ready_at": plausible_text}), max_size=3)}),
 }
 headers = st.fixed_dictionaries({}, optional=fields) | msgpack_values
 
@@ -100,11 +102,11 @@ def test_arbitrary_msgpack_headers_decode_or_raise_bad_message(topic, head, payl
     [b"t", b"\xdd\xff\xff\xff\xff"],                        # an array declaring 4 billion items
     [b"t", b"\xdf\xff\xff\xff\xff"],                        # a map declaring 4 billion pairs
     [b"t", b"\xdb\xff\xff\xff\xff" + b"x" * 10],            # a string declaring 4 GiB
-    [b"t", msgpack.packb({"v": 1, "kind": ["unhashable"]})],
-    [b"t", msgpack.packb({"v": 1, "kind": "heartbeat", "sender": "s", "seq": 1, "stack": "",
+    [b"t", msgpack.packb({"v": SCHEMA_VERSION, "kind": ["unhashable"]})],
+    [b"t", msgpack.packb({"v": SCHEMA_VERSION, "kind": "heartbeat", "sender": "s", "seq": 1, "stack": "",
                           "sent_at": "2024-03-01T05:00:00Z",
                           "body": {"run_time": None, "service": "x", "state": {str(i): i for i in range(100)}}})],
-    [b"t" * 10_000, msgpack.packb({"v": 1})],
+    [b"t" * 10_000, msgpack.packb({"v": SCHEMA_VERSION})],
 ])
 def test_msgpack_bombs_are_bad_messages(frames):
     with pytest.raises(BadMessage):

@@ -31,6 +31,7 @@ from shared import bus
 from shared.bmac import BmacDir
 from shared.client import SelectionClient
 from shared.messages import (
+    SCHEMA_VERSION,
     Coverage,
     FactorResults,
     Header,
@@ -83,7 +84,7 @@ class Intruder:
     def raw_body(self, sender: str, kind: str, body: dict, payloads=()) -> None:
         """A header built by hand, for bodies the models refuse to construct."""
         self.seq[sender, kind] = self.seq.get((sender, kind), 0) + 1
-        head = {"v": 1, "kind": kind, "stack": STACK, "sender": sender, "seq": self.seq[sender, kind],
+        head = {"v": SCHEMA_VERSION, "kind": kind, "stack": STACK, "sender": sender, "seq": self.seq[sender, kind],
                 "sent_at": datetime.now(UTC).isoformat(), "body": body}
         self.sock.send_multipart([b"factor.x", msgpack.packb(head), *payloads])
 

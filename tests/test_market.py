@@ -166,3 +166,78 @@ def test_exginfo_is_parsed_again_only_when_its_bytes_change_and_specs_follow_it(
         pd.testing.assert_frame_equal(again, rec.bmac.read_exginfo())
     finally:
         rec.close()
+
+
+def test_paths_gather_markers_that_come_together_and_never_hold_a_lone_or_last_one(tmp_path):
+    """With paths, markers written together travel as a few messages; markers apart, and the round's last, alone."""
+    import zmq
+
+    from alphabus.launcher import free_port
+    from services.market.service import Market
+    from services.market.sim import SyntheticMarket, write_hour
+    from shared import bus
+    from shared.config import load_config
+    from shared.messages import Candles, decode
+    from shared.service import StopFlag
+    from tests.conftest import write_config
+
+    sim = SyntheticMarket(symbols=40, seed=5, history=30)
+    bmac = BmacDir(tmp_path / "bmac", "1h")
+    run_time = write_hour(bmac, sim, 3)
+    symbols = sorted(bmac.ready_candles(run_time))
+    for symbol in symbols:
+        bmac.candle_ready(symbol, run_time).unlink()
+    together, apart = symbols[:30], symbols[30:]
+    ctx = zmq.Context.instance()
+    pub, sub = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
+    pub.setsockopt(zmq.XPUB_VERBOSER, 1)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    pub.bind(address)
+    sub.connect(address)
+    for topic in (bus.ROUND_OPEN, bus.ROUND_CLOSED, bus.CANDLE_PATHS):
+        sub.setsockopt_string(zmq.SUBSCRIBE, topic)
+    marked: dict[str, float] = {}
+
+    def crawl() -> None:
+        time.sleep(0.3)  # the market is watching by now
+        for symbol in together:  # 1 ms apart: faster than GATHER_SEC, slower than the market wakes
+            bmac.candle_ready(symbol, run_time).write_text("x")
+            time.sleep(0.001)
+        for symbol in apart:
+            time.sleep(0.06)
+            marked[symbol] = time.time()
+            bmac.candle_ready(symbol, run_time).write_text("x")
+
+    messages: list[list[str]] = []
+    arrived: dict[str, float] = {}
+
+    def listen() -> None:
+        while sub.poll(5000):
+            env = decode(sub.recv_multipart())
+            if isinstance(env.body, Candles):
+                assert env.body.by_path and not env.payloads
+                messages.append([f.symbol for f in env.body.files])
+                arrived.update((f.symbol, time.time()) for f in env.body.files)
+            elif env.topic == bus.ROUND_CLOSED:
+                assert env.body.missing == {}
+                return
+
+    try:
+        workdir = write_config(tmp_path / "work", bmac.root, min_candle_num=10)
+        market = Market(load_config(workdir), pub, StopFlag(), 0, send_paths=True, workdir=workdir)
+        market.wait_for_subscribers(5)
+        threads = [threading.Thread(target=crawl), threading.Thread(target=listen)]
+        for t in threads:
+            t.start()
+        assert market.run_round(run_time)
+        for t in threads:
+            t.join()
+    finally:
+        pub.close(0)
+        sub.close(0)
+    sent = [s for m in messages for s in m]
+    assert sorted(sent) == symbols  # each symbol once
+    assert len([m for m in messages if set(m) <= set(together)]) <= 15  # 30 markers over ~35 ms: ~10
+    for symbol in apart:  # 60 ms apart: each goes alone and at once (the last one too)
+        assert [symbol] in messages
+        assert 0 <= arrived[symbol] - marked[symbol] < 0.05

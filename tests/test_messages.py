@@ -14,6 +14,7 @@ from shared import bus
 from shared.messages import (
     SCHEMA_VERSION,
     BadMessage,
+    CandleFile,
     Candles,
     Coverage,
     Header,
@@ -66,15 +67,33 @@ def test_selection_roundtrip_with_payload():
     ([b"round", msgpack.packb({"v": SCHEMA_VERSION, "kind": "nope"})], "unknown message kind"),
     ([b"round", msgpack.packb({"v": SCHEMA_VERSION, "kind": "candles", "sender": "s", "seq": 1,
                                "sent_at": "2024-01-01T00:00:00Z", "body": {"symbol": 3}})], "invalid candles"),
+    ([b"candles", msgpack.packb({"v": SCHEMA_VERSION, "kind": "candles", "sender": "s", "seq": 1, "stack": "",
+                                 "sent_at": "2024-01-01T00:00:00Z", "body": {
+                                     "run_time": "2024-01-01T00:00:00Z", "by_path": False, "files": [
+                                         {"symbol": "A", "path": "p", "ready_at": "2024-01-01T00:00:00Z"}]}}),
+      b"bytes", b"a second file's bytes for one file"], "has 2 payload frame"),
 ])
 def test_garbage_is_rejected_with_a_reason(frames, reason):
     with pytest.raises(BadMessage, match=reason):
         decode(frames)
 
 
+def _candles(*symbols: str, by_path: bool = True) -> Candles:
+    return Candles(run_time=RUN, by_path=by_path,
+                   files=[CandleFile(symbol=s, path=f"p/{s}.fea", ready_at=datetime.now(UTC)) for s in symbols or "A"])
+
+
+def test_a_candles_message_names_each_file_once_and_carries_a_few_files_bytes_at_most():
+    with pytest.raises(ValueError, match="duplicate symbol"):
+        _candles("A", "B", "A")
+    with pytest.raises(ValueError, match="at most 8"):
+        _candles(*(f"S{i}" for i in range(9)), by_path=False)
+    assert len(_candles(*(f"S{i}" for i in range(300))).files) == 300  # paths: many a message
+
+
 def test_naive_run_time_is_rejected():
     with pytest.raises(ValueError):
-        Candles(run_time=datetime(2024, 1, 1), symbol="A", path="p", ready_at=datetime.now(UTC))
+        Candles(run_time=datetime(2024, 1, 1), files=[CandleFile(symbol="A", path="p", ready_at=datetime.now(UTC))])
 
 
 def test_topics_are_dotted_general_to_specific():
@@ -111,7 +130,7 @@ def test_shard_parse_errors():
 
 def test_sequence_check_drops_duplicates_and_counts_gaps():
     check = bus.SequenceCheck()
-    body = Candles(run_time=RUN, symbol="A", path="p", ready_at=datetime.now(UTC))
+    body = _candles()
     envs = [decode(encode("candle.00.A", _header(body.kind, seq), body)) for seq in (1, 2, 2, 5, 4, 6)]
     assert [check.accept(e) for e in envs] == [True, True, False, True, False, True]
     assert (check.duplicates, check.gaps) == (2, 2)
@@ -120,7 +139,7 @@ def test_sequence_check_drops_duplicates_and_counts_gaps():
 def test_sequence_tracking_stays_bounded_whatever_senders_claim(monkeypatch):
     monkeypatch.setattr(bus, "MAX_SEQUENCES", 8)
     check = bus.SequenceCheck()
-    body = Candles(run_time=RUN, symbol="A", path="p", ready_at=datetime.now(UTC))
+    body = _candles()
     for i in range(100):
         header = Header(kind=body.kind, stack="s", sender=f"sender-{i}", seq=1, sent_at=datetime.now(UTC))
         assert check.accept(decode(encode("candle.00.A", header, body)))
@@ -128,7 +147,7 @@ def test_sequence_tracking_stays_bounded_whatever_senders_claim(monkeypatch):
 
 
 def test_inbox_drops_another_stacks_messages_and_says_so_once(caplog):
-    body = Candles(run_time=RUN, symbol="A", path="p", ready_at=datetime.now(UTC))
+    body = _candles()
     inbox = bus.Inbox(stack="mine")
     frames = [encode("candle.00.A", Header(kind=body.kind, stack=stack, sender="m", seq=seq,
                                            sent_at=datetime.now(UTC)), body)

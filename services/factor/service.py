@@ -86,10 +86,13 @@ class FactorWorker:
                 batch.append(env)
         return batch
 
-    def _task(self, env: Envelope) -> Task:
+    def _tasks(self, env: Envelope) -> list[Task]:
+        """The message's files this shard owns (a paths message goes to every shard)."""
         body: Candles = env.body  # type: ignore[assignment]
-        data = None if body.by_path else bytes(env.payloads[0]) if env.payloads else b""
-        return Task(body.symbol, body.path, data, tuple(body.funding_times or ()), tuple(body.funding_rates or ()))
+        datas = [None] * len(body.files) if body.by_path else env.payloads  # decode checked one frame per file
+        return [Task(f.symbol, f.path, None if data is None else bytes(data), tuple(f.funding_times),
+                     tuple(f.funding_rates))
+                for f, data in zip(body.files, datas, strict=True) if self.shard.owns(f.symbol)]
 
     def _compute(self, candles: list[Envelope]) -> None:
         by_round: dict[datetime, list[Envelope]] = defaultdict(list)
@@ -97,7 +100,10 @@ class FactorWorker:
             by_round[env.body.run_time].append(env)
         for run_time, envs in by_round.items():
             t0 = time.perf_counter()
-            tasks = [self._task(env) for env in envs if self.shard.owns(env.body.symbol)]
+            tasks = list({task.symbol: task for env in envs for task in self._tasks(env)}.values())  # once each
+            if not tasks:  # a paths message with none of this shard's symbols
+                continue
+            ready_at = {f.symbol: f.ready_at for env in envs for f in env.body.files}
             result = self.pool.compute(tasks, run_time - self.interval)
             rows, symbols, skipped = result.tables, result.symbols, result.skipped
             for s in skipped:
@@ -107,7 +113,7 @@ class FactorWorker:
             payloads = [table_to_ipc(pa.concat_tables(rows, promote_options="default"))] if rows else []
             self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
                 run_time=run_time, shard=str(self.shard), symbols=symbols, skipped=skipped,
-                last_ready_at=max(e.body.ready_at for e in envs), compute_ms=compute_ms), payloads)
+                last_ready_at=max(ready_at[t.symbol] for t in tasks), compute_ms=compute_ms), payloads)
             while len(self.tallies) >= MAX_TALLIES and run_time not in self.tallies:
                 del self.tallies[min(self.tallies)]
             tally = self.tallies[run_time]

@@ -69,6 +69,15 @@ class DirectoryFeed:
         names = self._new.wait(min(timeout, RESCAN_SEC))
         if not names:
             return self.ready_candles(run_time)
+        return self._ready_among(names, run_time)
+
+    def more_ready(self, run_time: datetime, timeout: float) -> set[str]:
+        """Symbols whose marker appears within ``timeout`` by the inotify watch alone: no listing, so a caller
+        can gather markers in short waits (none without a watch; ``wait_ready`` still finds them)."""
+        return self._ready_among(self._new.wait(timeout), run_time) if self._new is not None else set()
+
+    @staticmethod
+    def _ready_among(names: list[str], run_time: datetime) -> set[str]:
         suffix = f"_{ready_stamp(run_time)}.ready"
         return {n[: -len(suffix)] for n in names if n.endswith(suffix)}
 
