@@ -193,13 +193,14 @@ class BmacDir:
         self._write(df, self.exginfo_dir, FUNDING, run_time, previous)
 
 
-def read_candle_table(data: bytes | memoryview, source: str) -> pa.Table:
+def read_candle_table(data: bytes | memoryview | pa.Buffer, source: str) -> pa.Table:
     """Feather (Arrow IPC file) bytes -> an Arrow table, zero-copy; BadCandles if unreadable.
 
     ``table.to_pandas()`` is the frame ``pandas.read_feather`` gives the article.
     """
     try:  # one small file: Arrow's thread pool costs more than it saves (0.11 vs 0.05 ms measured)
-        table = pa.ipc.open_file(pa.py_buffer(data), options=_SINGLE_THREAD).read_all()
+        source_buffer = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+        table = pa.ipc.open_file(source_buffer, options=_SINGLE_THREAD).read_all()
         table.validate(full=True)  # offsets and lengths checked before anything reads through them
         return table
     except Exception as e:
@@ -213,15 +214,15 @@ def _check_values(times: np.ndarray, unit: str, tz: str, close: np.ndarray, sour
 
     if len(times) == 0:
         raise BadCandles(f"{source}: no candles")
-    steps = np.diff(times)
+    steps = times[1:] - times[:-1]  # np.diff's arithmetic (wrapping included) without its call overhead
     if (steps <= 0).any():
         dup = pd.Index(times).duplicated()
         if dup.any():
             raise BadCandles(f"{source}: {int(dup.sum())} duplicate candle_begin_time, "
                              f"first {when(int(np.argmax(dup)))}")
         raise BadCandles(f"{source}: candle_begin_time is not in increasing order")
-    bad = ~(close > 0)  # NaN compares False, so NaN is bad too
-    if bad.any():
+    if not (close > 0).all():  # NaN compares False, so NaN is bad too
+        bad = ~(close > 0)
         raise BadCandles(f"{source}: {int(bad.sum())} close(s) NaN or <= 0, first at {when(int(np.argmax(bad)))}")
 
 
@@ -231,18 +232,26 @@ def _check_columns(columns: list[str], source: str) -> None:
         raise BadCandles(f"{source}: missing column(s) {', '.join(missing)}")
 
 
-def check_candle_table(table: pa.Table, source: str) -> None:
-    """Reject files the article would silently mis-compute: missing columns, bad times, bad closes."""
-    _check_columns(table.column_names, source)
-    kind = table.schema.field("candle_begin_time").type
+def check_candle_table(table: pa.Table, source: str) -> np.ndarray:
+    """Reject files the article would silently mis-compute: missing columns, bad times, bad closes.
+
+    Returns candle_begin_time as int64 in the file's unit, the values just checked (so a caller need not
+    read them again).
+    """
+    schema = table.schema
+    _check_columns(schema.names, source)  # Table.column_names costs 5 us, Schema.names 1 us
+    kind = schema.field("candle_begin_time").type
     if not (pa.types.is_timestamp(kind) and kind.tz):
         raise BadCandles(f"{source}: candle_begin_time is {kind}, not a timezone-aware timestamp")
-    try:
-        close = pc.cast(table["close"], pa.float64()).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise BadCandles(f"{source}: close is {table.schema.field('close').type}, not a number") from None
+    close = table["close"]
+    if not pa.types.is_float64(close.type):  # a float64 column reads as it is; any other is converted or refused
+        try:
+            close = pc.cast(close, pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise BadCandles(f"{source}: close is {schema.field('close').type}, not a number") from None
     times = table["candle_begin_time"].to_numpy().view(np.int64)
-    _check_values(times, kind.unit, kind.tz, close, source)
+    _check_values(times, kind.unit, kind.tz, close.to_numpy(), source)
+    return times
 
 
 FundingEvents = dict[str, tuple[np.ndarray, np.ndarray]]

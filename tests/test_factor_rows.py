@@ -19,6 +19,7 @@ import pytest
 from services.factor.compute import (
     FUNDING_RATE,
     HOUR_MS,
+    KernelRows,
     PluginRows,
     Skipped,
     candle_begin_ms,
@@ -26,6 +27,7 @@ from services.factor.compute import (
     frame_layout,
     funding_column,
     newest_row,
+    read_shared_file,
     row_builder,
 )
 from services.factor.pool import LOCAL_BATCH, RowPool, Task, compute_rows, default_workers
@@ -226,6 +228,80 @@ def rows_by_symbol(rows) -> dict[str, dict]:
     return {s: {k: v[0] for k, v in table.slice(i, 1).to_pydict().items()} for i, s in enumerate(rows.symbols)}
 
 
+def odd_batch(tmp_path: Path) -> tuple[list[Task], object]:
+    """A batch as a round may bring it: crawler files (by path and as bytes) with, among them, files of two other
+    schemas (a text column, an int32 column), a stale file, garbage, a wrong name, a missing file, a large one."""
+    tasks, closed_begin = bmac_tasks(tmp_path)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    base = pd.read_feather(tasks[0].source)
+    frames = {"NOTEUSDT": base.assign(note="x"), "WIDEUSDT": base.assign(wide=np.arange(len(base), dtype=np.int32)),
+              "STALEUSDT": base.iloc[:-1], "BIGUSDT": pd.concat([base] * 40, ignore_index=True)}
+    for name, df in frames.items():
+        df.to_feather(odd / f"{name}.fea")
+    (odd / "JUNKUSDT.fea").write_bytes(b"\x00garbage" * 50)
+    extra = [Task(n, str(odd / f"{n}.fea"), None) for n in ("NOTEUSDT", "STALEUSDT", "JUNKUSDT", "BIGUSDT")]
+    extra += [Task("WIDEUSDT", "WIDEUSDT", (odd / "WIDEUSDT.fea").read_bytes()), Task("NOTEUSDT", str(odd), None),
+              Task("GONEUSDT", str(odd / "GONEUSDT.fea"), None), Task("XUSDT", tasks[1].source, None)]
+    return [*tasks[:3], extra[0], extra[0], *tasks[3:6], *extra[1:], *tasks[6:]], closed_begin
+
+
+def test_a_batch_on_the_kernel_path_gives_each_symbols_plugin_row_and_skip(tmp_path):
+    """compute_rows puts a batch's kernel rows together at once (a table per run of one file schema): the rows,
+    in order, and the skips the plugin path gives symbol by symbol (1e-9 relative for the kernels' columns),
+    and exactly what the kernel path gives one symbol at a time."""
+    tasks, closed_begin = odd_batch(tmp_path)
+    workdir = write_config(tmp_path / "work", tmp_path / "bmac", min_candle_num=100)
+    cfg = load_config(workdir)
+    calcs = build_calculators(cfg.factor_specs, cfg.all_filters, workdir)
+    kernel_rows, plugin_rows = row_builder(calcs), row_builder(calcs, fast=False)
+    assert isinstance(kernel_rows, KernelRows) and isinstance(plugin_rows, PluginRows)
+    limit = os.path.getsize(tmp_path / "odd" / "BIGUSDT.fea") - 1  # every other file is far smaller
+    batch = compute_rows(tasks, kernel_rows, cfg.min_candle_num, closed_begin, limit)
+    alone = [compute_rows([t], kernel_rows, cfg.min_candle_num, closed_begin, limit) for t in tasks]
+    plugins = [compute_rows([t], plugin_rows, cfg.min_candle_num, closed_begin, limit) for t in tasks]
+    assert batch.symbols == [s for r in plugins for s in r.symbols] == [s for r in alone for s in r.symbols]
+    assert [s.model_dump() for s in batch.skipped] == [s.model_dump() for r in plugins for s in r.skipped]
+    assert [s.reason for s in batch.skipped] == ["stale", "bad_data", "bad_data", "bad_data", "bad_data", "bad_data"]
+    assert "over the" in batch.skipped[2].detail and "cannot read" in batch.skipped[4].detail
+    assert len(batch.tables) == 5  # crawler files, the text column's two rows, crawler files, int32 column, crawler
+    assert all(column.num_chunks == 1 for table in batch.tables for column in table.columns)  # a batch a table
+    got = pa.concat_tables(batch.tables, promote_options="default")
+    one_by_one = pa.concat_tables([t for r in alone for t in r.tables], promote_options="default")
+    assert got.equals(one_by_one) and got.schema.equals(one_by_one.schema, check_metadata=True)
+    expected = pa.concat_tables([t for r in plugins for t in r.tables], promote_options="default")
+    assert got.schema == expected.schema and got.column_names[-2:] == ["note", "wide"]  # as one-row tables promote
+    for name in expected.schema.names:
+        if name in kernel_rows.columns:
+            np.testing.assert_allclose(got[name].to_numpy(), expected[name].to_numpy(), rtol=1e-9, err_msg=name)
+        else:
+            assert got[name].to_pylist() == expected[name].to_pylist(), name
+
+
+def test_read_shared_file_reads_files_and_names_the_rest_as_the_memory_map_does(tmp_path):
+    """A regular file is read at once; a missing file, a directory and a file over the limit are left to the
+    memory map, so their skips say what they said; a path to another symbol's file is refused."""
+    good = tmp_path / "AUSDT.fea"
+    good.write_bytes(b"x" * 1000)
+    (tmp_path / "DIRUSDT.fea").mkdir()
+    assert bytes(read_shared_file(str(good), "AUSDT", 1000)) == good.read_bytes()
+    with pytest.raises(Skipped, match=r"1000 bytes, over the .* MiB file size limit"):
+        read_shared_file(str(good), "AUSDT", 999)
+    for name, path in [("GONEUSDT", f"{tmp_path}/GONEUSDT.fea"), ("DIRUSDT", f"{tmp_path}/DIRUSDT.fea"),
+                       ("AUSDT", f"{good}/.")]:  # pathlib names the last one AUSDT.fea; opening it fails
+        try:
+            with pa.memory_map(path) as f:
+                f.read_buffer()
+        except OSError as e:
+            expected = f"{path}: cannot read ({e})"
+        with pytest.raises(Skipped) as caught:
+            read_shared_file(path, name, 1000)
+        assert caught.value.skip.reason == "bad_data" and caught.value.skip.detail == expected
+    for path in (str(good), f"{good}/..", f"{tmp_path}/AUSDT.fea.gz"):
+        with pytest.raises(Skipped, match="not AUSDT's candle file" if path != str(good) else "not BUSDT's"):
+            read_shared_file(path, "AUSDT" if path != str(good) else "BUSDT", 1000)
+
+
 FATAL = ("import os\n\n\ndef signal(*args):\n    df, n, d_num, name = args\n"
          "    if (os.environ.get('FATAL_SYMBOL') == df['symbol'].iat[-1]\n"
          "            and os.getpid() != int(os.environ['SERVICE_PID'])):\n"
@@ -367,3 +443,31 @@ def test_window_values_are_the_live_rows_of_each_slice(tmp_path, sim_tables, fac
         expected = [np.nan if v is None else v for v in (row[c][0].as_py() for c in columns)]
         np.testing.assert_array_equal(got, expected, err_msg=str((start, stop)))
     assert (skips > 0) == (factor == "Failing")
+
+
+def test_rows_whose_columns_cannot_join_are_skipped_by_name_and_the_batch_goes_on(tmp_path):
+    """An int64 close beside float64 ones joins as float64 (pandas' concat does the same); a column that is text
+    in one file and a number in another cannot join: that file's symbol is skipped as bad_data naming the
+    column, and the others' rows stay in order (a combine that raised stopped the whole batch, and the service)."""
+    tasks, closed_begin = bmac_tasks(tmp_path)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    base = pd.read_feather(tasks[0].source)
+    frames = {"INTUSDT": base.assign(close=(base["close"] * 1000).round().astype("int64"), note=1.5),
+              "TEXTUSDT": base.assign(note="x")}
+    for name, df in frames.items():
+        df.to_feather(odd / f"{name}.fea")
+    batch = [*tasks[:4], *(Task(n, str(odd / f"{n}.fea"), None) for n in frames), *tasks[4:8]]
+    workdir = write_config(tmp_path / "work", tmp_path / "bmac", min_candle_num=100)
+    cfg = load_config(workdir)
+    build = row_builder(build_calculators(cfg.factor_specs, cfg.all_filters, workdir))
+    rows = compute_rows(batch, build, cfg.min_candle_num, closed_begin, max_file_bytes())
+    table = rows.combined()
+    assert table is not None and table.num_rows == len(rows.symbols) == len(batch) - 1
+    assert [s.symbol for s in rows.skipped] == ["TEXTUSDT"] and rows.skipped[0].reason == "bad_data"
+    assert "note" in rows.skipped[0].detail
+    assert table.schema.field("close").type == pa.float64() and table.schema.field("note").type == pa.float64()
+    got = dict(zip(rows.symbols, table["close"].to_pylist(), strict=True))
+    assert got["INTUSDT"] == float(frames["INTUSDT"]["close"].iloc[-1])
+    for task in tasks[:8]:  # every crawler file's row is its own
+        assert got[task.symbol] == pd.read_feather(task.source)["close"].iloc[-1]

@@ -69,6 +69,22 @@ def test_kernels_equal_plugins_on_synthetic_candles(seed, back_hour, n, length):
     assert_same_row(df, back_hour, n, synthetic_funding(df, seed))
 
 
+@pytest.mark.parametrize("gap", ["nan_volume", "all_nan_volume", "inf_high"])
+def test_kernels_equal_plugins_where_a_window_holds_nan_or_inf(gap):
+    """The kernels sum and average directly where a window holds no NaN; a NaN sends them the NaN-skipping
+    way, as the plugins' pandas skips it."""
+    df = synthetic_candles(300, 3)
+    last = df.index[-24:]
+    if gap == "nan_volume":
+        df.loc[last[3:8], "quote_volume"] = np.nan
+    elif gap == "all_nan_volume":
+        df.loc[last, "quote_volume"] = np.nan
+    else:
+        df.loc[last[5], "high"] = np.inf
+    assert_same_row(df, 120, 24)
+    assert_same_row(df, 6, 24)
+
+
 def test_kernels_equal_plugins_without_funding_events():
     assert_same_row(synthetic_candles(300, 5), 120, 24)
 

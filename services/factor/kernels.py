@@ -47,6 +47,10 @@ def atr_last(high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int) -> fl
 def _tail_mean(values: np.ndarray, n: int) -> float:
     """pandas rolling(n, min_periods=1).mean() at the last element: NaN-skipping."""
     window = values[-n:]
+    if window.dtype == np.float64:
+        total = window.sum()
+        if total == total:  # no NaN in the window: the same sum of the same values, without the masked copy
+            return float(total / len(window))
     ok = ~np.isnan(window)
     count = int(ok.sum())
     return float(window[ok].sum() / count) if count else np.nan
@@ -55,11 +59,14 @@ def _tail_mean(values: np.ndarray, n: int) -> float:
 def mtm_atr_mean(a: Arrays, n: int) -> float:
     """MtmAtrMean: rolling mean of pct_change(n), times ATR(n) over the rolling mean close."""
     close = a["close"]
-    start = max(len(close) - n, 0)
-    idx = np.arange(start, len(close))
-    mtm = np.full(len(idx), np.nan)
-    has_base = idx >= n
-    mtm[has_base] = close[idx[has_base]] / close[idx[has_base] - n] - 1
+    if close.dtype == np.float64 and len(close) >= 2 * n:  # every one of the last n has its base n back
+        mtm = close[-n:] / close[-2 * n:-n] - 1
+    else:
+        start = max(len(close) - n, 0)
+        idx = np.arange(start, len(close))
+        mtm = np.full(len(idx), np.nan)
+        has_base = idx >= n
+        mtm[has_base] = close[idx[has_base]] / close[idx[has_base] - n] - 1
     return _tail_mean(mtm, n) * (atr_last(a["high"], a["low"], close, n) / _tail_mean(close, n))
 
 
@@ -70,12 +77,19 @@ def chg_pct_max(a: Arrays, n: int) -> float:
         return np.nan
     tail = close[-(n + 1):]
     pct = tail[1:] / tail[:-1] - 1
+    if pct.dtype == np.float64:  # max is NaN exactly when some value is
+        top = pct.max()
+        return float(top) if top == top else np.nan
     return np.nan if np.isnan(pct).any() else float(pct.max())
 
 
 def _tail_sum(values: np.ndarray, n: int) -> float:
     """pandas rolling(n, min_periods=1).sum() at the last element: NaN-skipping, NaN when all are."""
     window = values[-n:]
+    if window.dtype == np.float64:
+        total = window.sum()
+        if total == total:  # no NaN in the window: the same sum of the same values, without the masked copy
+            return float(total)
     ok = ~np.isnan(window)
     return float(window[ok].sum()) if ok.any() else np.nan
 

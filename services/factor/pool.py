@@ -43,9 +43,9 @@ from services.factor.compute import (
     PluginRows,
     Skipped,
     check_size,
-    factor_row,
     read_shared_file,
     row_builder,
+    usable_table,
 )
 from shared import bus
 from shared.config import SelectorConfig
@@ -77,11 +77,41 @@ class Task:
 
 @dataclass
 class Rows:
-    """What a round's symbols give: rows (tables of one or more rows, in ``symbols`` order) and skips."""
+    """What a round's symbols give: rows (tables of one or more rows, in ``symbols`` order; files of another
+    schema give tables of other columns, so ``combined`` puts them together) and skips."""
 
     tables: list[pa.Table]
     symbols: list[str]
     skipped: list[Skip]
+
+    def combined(self) -> pa.Table | None:
+        """The rows as one table, columns promoted as the position service promotes them (an int64 close
+        beside float64 ones becomes float64, as pandas' concat makes it). A table whose columns cannot join
+        the others' (text where the others hold numbers) has its symbols moved to ``skipped`` by name, so
+        one odd file never costs the batch."""
+        if not self.tables:
+            return None
+        try:
+            return pa.concat_tables(self.tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass
+        kept: list[pa.Table] = []
+        symbols: list[str] = []
+        schema: pa.Schema | None = None
+        start = 0
+        for table in self.tables:
+            names, start = self.symbols[start: start + table.num_rows], start + table.num_rows
+            try:
+                schema = table.schema if schema is None else pa.unify_schemas([schema, table.schema],
+                                                                              promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                self.skipped += [Skip(symbol=symbol, reason="bad_data", detail=f"its file's columns do not join "
+                                      f"the other files' ({type(e).__name__}: {e})") for symbol in names]
+                continue
+            kept.append(table)
+            symbols += names
+        self.tables, self.symbols = kept, symbols
+        return pa.concat_tables(kept, promote_options="permissive") if kept else None
 
 
 def default_workers(shard_count: int = 1) -> int:
@@ -101,24 +131,27 @@ def default_workers(shard_count: int = 1) -> int:
 
 def compute_rows(tasks: Sequence[Task], build: PluginRows | KernelRows, min_candle_num: int,
                  closed_begin: datetime, max_file_bytes: int) -> Rows:
-    """Every task's row or skip; one symbol's failure never stops the others."""
-    out = Rows([], [], [])
+    """Every task's row or skip; one symbol's failure never stops the others. Each symbol's part is computed
+    under its own guard; the batch's rows are then put together at once (``build.tables``)."""
+    parts: list = []  # what build.part gives: one-row tables (plugins) or rows and values (kernels)
+    symbols: list[str] = []
+    skipped: list[Skip] = []
     for task in tasks:
         try:
             if task.data is None:
-                data = read_shared_file(task.source, task.symbol, max_file_bytes)
+                data: bytes | pa.Buffer = read_shared_file(task.source, task.symbol, max_file_bytes)
             else:
                 data = task.data
                 check_size(data, task.source, task.symbol, max_file_bytes)
-            out.tables.append(factor_row(data, task.source, task.symbol, build, min_candle_num, closed_begin,
-                                         task.funding()))
-            out.symbols.append(task.symbol)
+            table = usable_table(data, task.source, task.symbol, min_candle_num, closed_begin)
+            parts.append(build.part(table, task.symbol, task.funding()))
+            symbols.append(task.symbol)
         except Skipped as s:
-            out.skipped.append(s.skip)
+            skipped.append(s.skip)
         except Exception as e:  # never let one symbol stop the worker
             log.exception("%s failed", task.symbol)
-            out.skipped.append(Skip(symbol=task.symbol, reason="error", detail=f"{type(e).__name__}: {e}"))
-    return out
+            skipped.append(Skip(symbol=task.symbol, reason="error", detail=f"{type(e).__name__}: {e}"))
+    return Rows(build.tables(parts, symbols), symbols, skipped)
 
 
 def serve(conn: Connection, cfg: SelectorConfig, workdir: Path, fast: bool, interval_ms: int,
@@ -137,7 +170,7 @@ def serve(conn: Connection, cfg: SelectorConfig, workdir: Path, fast: bool, inte
         except (EOFError, OSError):
             return
         rows = compute_rows(tasks, build, cfg.min_candle_num, closed_begin, max_file_bytes)
-        table = pa.concat_tables(rows.tables, promote_options="default") if rows.tables else None
+        table = rows.combined()
         try:
             conn.send((rows.symbols, [s.model_dump() for s in rows.skipped],
                        table_to_ipc(table).to_pybytes() if table is not None else b""))

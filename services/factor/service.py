@@ -14,7 +14,6 @@ from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
-import pyarrow as pa
 import zmq
 
 from services.factor.compute import PluginRows, row_builder
@@ -105,12 +104,13 @@ class FactorWorker:
                 continue
             ready_at = {f.symbol: f.ready_at for env in envs for f in env.body.files}
             result = self.pool.compute(tasks, run_time - self.interval)
-            rows, symbols, skipped = result.tables, result.symbols, result.skipped
+            table = result.combined()
+            symbols, skipped = result.symbols, result.skipped
             for s in skipped:
                 level = logging.DEBUG if s.reason == "too_few_candles" else logging.WARNING
                 log.log(level, "round %s: skipped %s: %s: %s", run_time.isoformat(), s.symbol, s.reason, s.detail)
             compute_ms = (time.perf_counter() - t0) * 1000
-            payloads = [table_to_ipc(pa.concat_tables(rows, promote_options="default"))] if rows else []
+            payloads = [table_to_ipc(table)] if table is not None else []
             self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
                 run_time=run_time, shard=str(self.shard), symbols=symbols, skipped=skipped,
                 last_ready_at=max(ready_at[t.symbol] for t in tasks), compute_ms=compute_ms), payloads)
