@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import select
@@ -22,11 +23,17 @@ _IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, name length
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Found once: ``find_library`` runs ``ldconfig`` in a child process (4 ms idle, tens under load)."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 class NewFiles:
     """Names of files created in (or moved into) one directory since the last read."""
 
     def __init__(self, directory: Path):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = _libc()
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
