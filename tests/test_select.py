@@ -262,3 +262,35 @@ def test_a_round_accounts_for_rows_skips_and_closes_in_universe_order():
     state.add_closed(RoundClosed(run_time=run_time, missing={symbols[i]: "gone" for i in (1, 3, 5, 6, 8, 10)},
                                  last_ready_at=datetime.now(UTC)))
     assert state.missing() == [] and state.complete()
+
+
+def test_a_round_waits_grace_after_the_market_closed_it_and_after_its_last_new_result():
+    """A factor layer still delivering is not cut off; a result naming only symbols already accounted for (or a
+    peer repeating itself) does not hold the round open."""
+    import time
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from services.position.rounds import RoundState
+    from shared.messages import FactorResults, RoundClosed, RoundOpen, Skip, SymbolSpec
+
+    run_time = datetime(2024, 3, 1, 5, tzinfo=UTC)
+    state = RoundState(open=RoundOpen(run_time=run_time, interval="1h", funding={}, expire_sec=30, symbols=[
+        SymbolSpec(symbol=s, face_value=Decimal("1")) for s in ("AUSDT", "BUSDT", "CUSDT")]))
+    assert state.deadline(2.0) == state.opened_at + 30 + 2.0  # the crawler's deadline, while the market waits
+    state.add_closed(RoundClosed(run_time=run_time, missing={}, last_ready_at=None))
+    assert state.deadline(2.0) == state.closed_at + 2.0
+
+    def result(symbols: list[str], skipped: tuple[str, ...] = ()) -> float:
+        time.sleep(0.01)
+        rows = pa.table({"symbol": symbols, "close": [1.0] * len(symbols)}) if symbols else None
+        state.add_results(FactorResults(run_time=run_time, shard="0/1", symbols=symbols, last_ready_at=None,
+                                        skipped=[Skip(symbol=s, reason="stale", detail="x") for s in skipped]), rows)
+        return state.deadline(2.0)
+
+    first = result(["AUSDT"])
+    assert first == state.progress_at + 2.0 > state.closed_at + 2.0
+    assert result(["AUSDT"]) == first and result([], ("AUSDT",)) == first  # nothing new: no extension
+    assert result([], ("BUSDT",)) > first  # a skip accounts for a symbol too
+    assert not state.complete()

@@ -29,6 +29,10 @@ from shared.tables import table_to_ipc
 
 log = logging.getLogger("factor")
 BATCH = 64
+CHUNK_PER_PROCESS = 128
+"""Symbols each of a shard's processes computes before the shard sends what it has: a big round's results
+flow while the rest computes (the position service's deadline counts from the last result), and the
+position service takes them in while the factor layer is still busy."""
 MAX_TALLIES = 16
 """Rounds tallied at once; a round whose close never comes is forgotten after this many newer ones."""
 
@@ -98,30 +102,35 @@ class FactorWorker:
         for env in candles:
             by_round[env.body.run_time].append(env)
         for run_time, envs in by_round.items():
-            t0 = time.perf_counter()
             tasks = list({task.symbol: task for env in envs for task in self._tasks(env)}.values())  # once each
-            if not tasks:  # a paths message with none of this shard's symbols
-                continue
             ready_at = {f.symbol: f.ready_at for env in envs for f in env.body.files}
-            result = self.pool.compute(tasks, run_time - self.interval)
-            table = result.combined()
-            symbols, skipped = result.symbols, result.skipped
-            for s in skipped:
-                level = logging.DEBUG if s.reason == "too_few_candles" else logging.WARNING
-                log.log(level, "round %s: skipped %s: %s: %s", run_time.isoformat(), s.symbol, s.reason, s.detail)
-            compute_ms = (time.perf_counter() - t0) * 1000
-            payloads = [table_to_ipc(table)] if table is not None else []
-            self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
-                run_time=run_time, shard=str(self.shard), symbols=symbols, skipped=skipped,
-                last_ready_at=max(ready_at[t.symbol] for t in tasks), compute_ms=compute_ms), payloads)
-            while len(self.tallies) >= MAX_TALLIES and run_time not in self.tallies:
-                del self.tallies[min(self.tallies)]
-            tally = self.tallies[run_time]
-            tally.rows += len(symbols)
-            tally.compute_ms += compute_ms
-            for s in skipped:
-                tally.skipped[s.reason] += 1
-            self.last_run_time = run_time
+            chunk = CHUNK_PER_PROCESS * self.pool.workers
+            for i in range(0, len(tasks), chunk):  # none: a paths message with none of this shard's symbols
+                self._send_rows(run_time, tasks[i: i + chunk], ready_at)
+                self._beat()  # alive while a big round computes
+
+    def _send_rows(self, run_time: datetime, tasks: list[Task], ready_at: dict[str, datetime]) -> None:
+        """Compute the tasks' rows and send them (and their skips) as one result."""
+        t0 = time.perf_counter()
+        result = self.pool.compute(tasks, run_time - self.interval)
+        table = result.combined()
+        symbols, skipped = result.symbols, result.skipped
+        for s in skipped:
+            level = logging.DEBUG if s.reason == "too_few_candles" else logging.WARNING
+            log.log(level, "round %s: skipped %s: %s: %s", run_time.isoformat(), s.symbol, s.reason, s.detail)
+        compute_ms = (time.perf_counter() - t0) * 1000
+        payloads = [table_to_ipc(table)] if table is not None else []
+        self.pub.send(bus.factor_topic(self.shard.label), FactorResults(
+            run_time=run_time, shard=str(self.shard), symbols=symbols, skipped=skipped,
+            last_ready_at=max(ready_at[t.symbol] for t in tasks), compute_ms=compute_ms), payloads)
+        while len(self.tallies) >= MAX_TALLIES and run_time not in self.tallies:
+            del self.tallies[min(self.tallies)]
+        tally = self.tallies[run_time]
+        tally.rows += len(symbols)
+        tally.compute_ms += compute_ms
+        for s in skipped:
+            tally.skipped[s.reason] += 1
+        self.last_run_time = run_time
 
     def _on_round_closed(self, body: RoundClosed) -> None:
         if body.run_time not in self.tallies:  # nothing of ours this round: say so, or we look silent
@@ -147,9 +156,12 @@ class FactorWorker:
                 for env in batch:
                     if isinstance(env.body, RoundClosed):
                         self._on_round_closed(env.body)
-            self.heartbeat.tick(self.last_run_time, shard=str(self.shard), subscribed=self.subscribed,
-                                **self.inbox.counts())
+            self._beat()
         return 0
+
+    def _beat(self) -> None:
+        self.heartbeat.tick(self.last_run_time, shard=str(self.shard), subscribed=self.subscribed,
+                            **self.inbox.counts())
 
 
 def main(cfg: SelectorConfig, workdir: Path, shard: bus.Shard, fast: bool = True, workers: int = 1) -> int:

@@ -40,12 +40,14 @@ class RoundState:
     received_rows: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
     closed_at: float | None = None
+    progress_at: float | None = None  # when a result last accounted for a symbol not accounted for before
     last_ready_at: datetime | None = None
     shards: set[str] = field(default_factory=set)
     late: set[str] = field(default_factory=set)
     schema: pa.Schema | None = None  # the received tables' unified schema: each new one must fit it
     uniform: bool = True  # every table has the first one's schema: concatenated without promotion (5x cheaper)
     _combined: int = 0  # tables[:_combined] are each CONSOLIDATE_TABLES received tables in one chunk
+    _accounted_count: int = 0
 
     def __post_init__(self) -> None:
         self.universe = [s.symbol for s in self.open.symbols]
@@ -97,6 +99,9 @@ class RoundState:
             if skip.symbol in universe and skip.symbol not in self.rows:
                 self.skipped.setdefault(skip.symbol, f"{skip.reason}: {skip.detail}")
                 self._accounted[universe[skip.symbol]] = True
+        accounted = int(self._accounted.sum())
+        if accounted > self._accounted_count:
+            self._accounted_count, self.progress_at = accounted, time.monotonic()
         if time.monotonic() > self.opened_at + self.open.expire_sec:  # after the crawler's deadline
             self.late.update(s for s in [*body.symbols, *(k.symbol for k in body.skipped)] if s in universe)
         self._note_ready(body.last_ready_at)
@@ -132,10 +137,12 @@ class RoundState:
         return len(self.rows) + len(self.skipped) >= len(self.universe) and not self.missing()
 
     def deadline(self, grace: float) -> float:
-        """When to stop waiting: grace after the market closed the round, or after its expiry."""
-        if self.closed_at is not None:
-            return self.closed_at + grace
-        return self.opened_at + self.open.expire_sec + grace
+        """When to stop waiting: grace after the market closed the round (or after its expiry) and after the
+        last result that accounted for a new symbol. Factor shards still delivering (thousands of symbols
+        through slow plugins) are never cut off; silent ones are, grace after they fell silent. Each
+        extension accounts for at least one more symbol, so no peer can hold a round open."""
+        closed = self.closed_at if self.closed_at is not None else self.opened_at + self.open.expire_sec
+        return max(closed, self.progress_at or closed) + grace
 
 
 @dataclass(frozen=True)
