@@ -173,7 +173,7 @@ def test_paths_gather_markers_that_come_together_and_never_hold_a_lone_or_last_o
     import zmq
 
     from alphabus.launcher import free_port
-    from services.market.service import Market
+    from services.market.service import GATHER_UNTIL_LEFT, Market
     from services.market.sim import SyntheticMarket, write_hour
     from shared import bus
     from shared.config import load_config
@@ -181,13 +181,15 @@ def test_paths_gather_markers_that_come_together_and_never_hold_a_lone_or_last_o
     from shared.service import StopFlag
     from tests.conftest import write_config
 
-    sim = SyntheticMarket(symbols=40, seed=5, history=30)
+    sim = SyntheticMarket(symbols=50, seed=5, history=30)
     bmac = BmacDir(tmp_path / "bmac", "1h")
     run_time = write_hour(bmac, sim, 3)
     symbols = sorted(bmac.ready_candles(run_time))
     for symbol in symbols:
         bmac.candle_ready(symbol, run_time).unlink()
-    together, apart = symbols[:30], symbols[30:]
+    together, apart = symbols[:30], symbols[30:]  # more apart than GATHER_UNTIL_LEFT: every one of ``together``
+    # comes while gathering is on
+    assert len(apart) > GATHER_UNTIL_LEFT
     ctx = zmq.Context.instance()
     pub, sub = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
     pub.setsockopt(zmq.XPUB_VERBOSER, 1)
@@ -204,7 +206,7 @@ def test_paths_gather_markers_that_come_together_and_never_hold_a_lone_or_last_o
             bmac.candle_ready(symbol, run_time).write_text("x")
             time.sleep(0.001)
         for symbol in apart:
-            time.sleep(0.06)
+            time.sleep(0.04)
             marked[symbol] = time.time()
             bmac.candle_ready(symbol, run_time).write_text("x")
 
@@ -238,6 +240,6 @@ def test_paths_gather_markers_that_come_together_and_never_hold_a_lone_or_last_o
     sent = [s for m in messages for s in m]
     assert sorted(sent) == symbols  # each symbol once
     assert len([m for m in messages if set(m) <= set(together)]) <= 15  # 30 markers over ~35 ms: ~10
-    for symbol in apart:  # 60 ms apart: each goes alone and at once (the last one too)
+    for symbol in apart:  # 40 ms apart: each goes alone and at once (the last one too)
         assert [symbol] in messages
         assert 0 <= arrived[symbol] - marked[symbol] < 0.05

@@ -67,9 +67,12 @@ once, so this only bounds what a lost event costs. Each wake-up costs ~0.1-0.3 m
 the 10-20 ms of a listing loop that was ~15 ms of CPU a second spent waiting for the next hour."""
 GATHER_SEC = 0.004
 """Paths mode: at most one candle message per this long. A marker after a quiet spell goes at once; markers
-that come faster are gathered until GATHER_SEC has passed since the last message, and the round's last
-marker never waits (nothing is pending after it). A live round of 2000 markers over a second then costs
+that come faster are gathered until GATHER_SEC has passed since the last message, and a round's last
+GATHER_UNTIL_LEFT markers never wait. A live round of 2000 markers over a second then costs
 ~250 messages instead of 2000, each of which costs every service a wake-up; 200 markers 5 ms apart go one by one."""
+GATHER_UNTIL_LEFT = 16
+"""The last markers of a round are not gathered: each goes at once, so the factor layer computes them as
+they come and has only the round's last file left to compute when it arrives."""
 MAX_PATHS_PER_MESSAGE = 256
 REPLAY_IN_FLIGHT = 4
 REPLAY_STALL_SEC = 30.0
@@ -381,7 +384,7 @@ class Market:
         sent = -math.inf  # when the last candle message went (monotonic)
         while not self.stop:
             seen = dict.fromkeys(ready, datetime.now(UTC))
-            if ready and self.batch_paths:
+            if ready and self.batch_paths and len(pending) - len(ready) > GATHER_UNTIL_LEFT:
                 self._gather(run_time, seen, pending, min(sent + GATHER_SEC, deadline))
             if seen:
                 last_ready_at = max(seen.values())
