@@ -131,9 +131,10 @@ def latency_table(scenarios: Sequence[dict]) -> list[str]:
             m = sc.get(mode, {})
             rows.append([str(sc["size"]), sc["factor"], str(sc["shards"]), mode, _spread(m.get("original_ms", {})),
                          _spread(m.get("stack_ms", {})), _num(m.get("ratio"), 2),
-                         _spread(m.get("published_ms", {})), _notes(sc, mode)])
+                         _spread(m.get("published_ms", {})), _spread(m.get("selection_latency_ms", {})),
+                         _notes(sc, mode)])
     header = ["symbols", "factor", "shards", "mode", "original ms med [min..max]", "alphabus ms med [min..max]",
-              "ratio", "published ms", "notes"]
+              "ratio", "published ms", "latency_ms", "notes"]
     return _rows(header, rows)
 
 
@@ -221,7 +222,9 @@ def render(result: dict) -> str:
         "",
         *original_lines(result["config"]),
         "Latency (ms): alphabus burst = exginfo marker created -> select_his/<ts>_long.csv.zip written; live = last "
-        "ready marker -> that file; published = the same start -> the selection at an outside subscriber. "
+        "ready marker -> that file; published = the same start -> the selection at an outside subscriber; "
+        "latency_ms = the selection's own field (the market saw the last marker -> the position service built "
+        "the selection), without the sending, recording and the bench's own wake-ups. "
         "Original burst = its step 1 -> save_selected done, in its process; live = the last marker (replayed "
         "in its own copy of the directory) -> save_selected done. ratio = original median / alphabus median.",
         *latency_table(result["scenarios"]),
