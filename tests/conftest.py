@@ -26,6 +26,27 @@ def one_process_per_factor_service(monkeypatch):
 
 
 @pytest.fixture
+def pub_sub():
+    """A market's XPUB on a free loopback port and a SUB to its round and candle topics."""
+    import zmq
+
+    from alphabus.launcher import free_port
+    from shared import bus
+
+    ctx = zmq.Context.instance()
+    pub, sub = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
+    pub.setsockopt(zmq.XPUB_VERBOSER, 1)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    pub.bind(address)
+    sub.connect(address)
+    for topic in (bus.ROUND_OPEN, bus.ROUND_CLOSED, "candle.", bus.CANDLE_PATHS):
+        sub.setsockopt_string(zmq.SUBSCRIBE, topic)
+    yield pub, sub
+    pub.close(0)
+    sub.close(0)
+
+
+@pytest.fixture
 def real_data() -> Path:
     if not (REAL_DATA / "candles_top100.parquet").exists():
         pytest.skip(f"real data set not present at {REAL_DATA}")

@@ -21,7 +21,6 @@ import pyarrow.feather
 import pytest
 import zmq
 
-from alphabus.launcher import free_port
 from services.factor.compute import HOUR_MS, NO_FUNDING, PluginRows, candle_begin_ms, funding_column
 from services.market.feeds import ReplayFeed
 from services.market.service import Market
@@ -248,21 +247,6 @@ def _expected_span(history: pd.DataFrame, frames: dict[str, pd.DataFrame] | None
         keep &= when >= first
     times = (when[keep].astype("int64") // 1000).tolist()  # datetime64[us] -> ms
     return times, mine.loc[keep, "fundingRate"].tolist()
-
-
-@pytest.fixture
-def pub_sub():
-    ctx = zmq.Context.instance()
-    pub, sub = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
-    pub.setsockopt(zmq.XPUB_VERBOSER, 1)
-    address = f"tcp://127.0.0.1:{free_port()}"
-    pub.bind(address)
-    sub.connect(address)
-    for topic in (bus.ROUND_OPEN, bus.ROUND_CLOSED, "candle.", bus.CANDLE_PATHS):
-        sub.setsockopt_string(zmq.SUBSCRIBE, topic)
-    yield pub, sub
-    pub.close(0)
-    sub.close(0)
 
 
 @pytest.mark.parametrize("send_paths", [False, True])

@@ -168,11 +168,8 @@ def test_exginfo_is_parsed_again_only_when_its_bytes_change_and_specs_follow_it(
         rec.close()
 
 
-def test_paths_gather_markers_that_come_together_and_never_hold_a_lone_or_last_one(tmp_path):
+def test_paths_gather_markers_that_come_together_and_never_hold_a_lone_or_last_one(tmp_path, pub_sub):
     """With paths, markers written together travel as a few messages; markers apart, and the round's last, alone."""
-    import zmq
-
-    from alphabus.launcher import free_port
     from services.market.service import GATHER_UNTIL_LEFT, Market
     from services.market.sim import SyntheticMarket, write_hour
     from shared import bus
@@ -190,14 +187,7 @@ def test_paths_gather_markers_that_come_together_and_never_hold_a_lone_or_last_o
     together, apart = symbols[:30], symbols[30:]  # more apart than GATHER_UNTIL_LEFT: every one of ``together``
     # comes while gathering is on
     assert len(apart) > GATHER_UNTIL_LEFT
-    ctx = zmq.Context.instance()
-    pub, sub = ctx.socket(zmq.XPUB), ctx.socket(zmq.SUB)
-    pub.setsockopt(zmq.XPUB_VERBOSER, 1)
-    address = f"tcp://127.0.0.1:{free_port()}"
-    pub.bind(address)
-    sub.connect(address)
-    for topic in (bus.ROUND_OPEN, bus.ROUND_CLOSED, bus.CANDLE_PATHS):
-        sub.setsockopt_string(zmq.SUBSCRIBE, topic)
+    pub, sub = pub_sub
     marked: dict[str, float] = {}
 
     def crawl() -> None:
@@ -224,19 +214,15 @@ def test_paths_gather_markers_that_come_together_and_never_hold_a_lone_or_last_o
                 assert env.body.missing == {}
                 return
 
-    try:
-        workdir = write_config(tmp_path / "work", bmac.root, min_candle_num=10)
-        market = Market(load_config(workdir), pub, StopFlag(), 0, send_paths=True, workdir=workdir)
-        market.wait_for_subscribers(5)
-        threads = [threading.Thread(target=crawl), threading.Thread(target=listen)]
-        for t in threads:
-            t.start()
-        assert market.run_round(run_time)
-        for t in threads:
-            t.join()
-    finally:
-        pub.close(0)
-        sub.close(0)
+    workdir = write_config(tmp_path / "work", bmac.root, min_candle_num=10)
+    market = Market(load_config(workdir), pub, StopFlag(), 0, send_paths=True, workdir=workdir)
+    market.wait_for_subscribers(5)
+    threads = [threading.Thread(target=crawl), threading.Thread(target=listen)]
+    for t in threads:
+        t.start()
+    assert market.run_round(run_time)
+    for t in threads:
+        t.join()
     sent = [s for m in messages for s in m]
     assert sorted(sent) == symbols  # each symbol once
     assert len([m for m in messages if set(m) <= set(together)]) <= 15  # 30 markers over ~35 ms: ~10
