@@ -266,7 +266,7 @@ def test_a_round_accounts_for_rows_skips_and_closes_in_universe_order():
 
 def test_a_round_waits_grace_after_the_market_closed_it_and_after_its_last_new_result():
     """A factor layer still delivering is not cut off; a result naming only symbols already accounted for (or a
-    peer repeating itself) does not hold the round open."""
+    peer repeating itself) does not hold the round open, nor does a symbol the market's close accounted for."""
     import time
     from datetime import UTC, datetime
 
@@ -292,5 +292,10 @@ def test_a_round_waits_grace_after_the_market_closed_it_and_after_its_last_new_r
     first = result(["AUSDT"])
     assert first == state.progress_at + 2.0 > state.closed_at + 2.0
     assert result(["AUSDT"]) == first and result([], ("AUSDT",)) == first  # nothing new: no extension
-    assert result([], ("BUSDT",)) > first  # a skip accounts for a symbol too
-    assert not state.complete()
+    second = result([], ("BUSDT",))
+    assert second > first  # a skip accounts for a symbol too
+    progressed = state.progress_at
+    state.add_closed(RoundClosed(run_time=run_time, missing={"CUSDT": "no marker"}, last_ready_at=None))
+    result(["AUSDT"])
+    assert state.progress_at == progressed  # the market accounting for a symbol is not a result's progress
+    assert state.complete()

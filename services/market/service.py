@@ -388,9 +388,10 @@ class Market:
                 self._gather(run_time, seen, pending, min(sent + GATHER_SEC, deadline))
             if seen:
                 last_ready_at = max(seen.values())
-                self._publish_candles(run_time, sorted(seen), seen)
+                symbols = sorted(seen)
+                self._publish_candles(run_time, symbols, seen)
                 sent = time.monotonic()
-                self.current.published.extend(sorted(seen))
+                self.current.published.extend(symbols)
                 pending -= seen.keys()
             if not pending or time.monotonic() > deadline:
                 break

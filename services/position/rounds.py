@@ -47,7 +47,6 @@ class RoundState:
     schema: pa.Schema | None = None  # the received tables' unified schema: each new one must fit it
     uniform: bool = True  # every table has the first one's schema: concatenated without promotion (5x cheaper)
     _combined: int = 0  # tables[:_combined] are each CONSOLIDATE_TABLES received tables in one chunk
-    _accounted_count: int = 0
 
     def __post_init__(self) -> None:
         self.universe = [s.symbol for s in self.open.symbols]
@@ -75,6 +74,7 @@ class RoundState:
     def add_results(self, body: FactorResults, rows: pa.Table | None) -> list[str]:
         """Take what the body accounts for; returns the symbols already accounted for (first one wins)."""
         universe = self._members
+        accounted_before = self._accounted.sum()  # progress is what this result accounts for, nothing else
         repeated = [s for s in [*body.symbols, *(k.symbol for k in body.skipped)]
                     if s in self.rows or s in self.skipped]
         self.shards.add(body.shard)
@@ -99,9 +99,8 @@ class RoundState:
             if skip.symbol in universe and skip.symbol not in self.rows:
                 self.skipped.setdefault(skip.symbol, f"{skip.reason}: {skip.detail}")
                 self._accounted[universe[skip.symbol]] = True
-        accounted = int(self._accounted.sum())
-        if accounted > self._accounted_count:
-            self._accounted_count, self.progress_at = accounted, time.monotonic()
+        if self._accounted.sum() > accounted_before:
+            self.progress_at = time.monotonic()
         if time.monotonic() > self.opened_at + self.open.expire_sec:  # after the crawler's deadline
             self.late.update(s for s in [*body.symbols, *(k.symbol for k in body.skipped)] if s in universe)
         self._note_ready(body.last_ready_at)
