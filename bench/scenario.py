@@ -110,8 +110,9 @@ def _round(stack: BenchStack, feed: Feed, mode: str, into: Measured, original: O
     """
     pids = stack.pids()
     before = cpu_snapshot(pids)
+    watch = stack.watch_round(feed.next_run_time())
     start: Started = feed.burst() if mode == "burst" else feed.live()
-    update, published, written = stack.wait_round(start.run_time)
+    update, published, written = stack.wait_round(start.run_time, watch=watch)
     stack.wait_recorded(start.run_time)
     stack.wait_idle()
     into.add_cpu(cpu_delta_ms(before, cpu_snapshot(pids)))

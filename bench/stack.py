@@ -104,26 +104,36 @@ class BenchStack:
             self._check_alive(f"round {run_time.isoformat()}")
         raise BenchError(f"no selection for {run_time.isoformat()} within {timeout:.0f}s")
 
-    def wait_round(self, run_time: datetime, timeout: float = ROUND_TIMEOUT) -> tuple[SelectionUpdate, float, float]:
+    def watch_round(self, run_time: datetime) -> NewFiles | None:
+        """An inotify watch on ``select_his``, opened before the round starts (None without inotify), so
+        ``wait_round`` learns when the round's file appeared even if the bench looks later."""
+        folder = history_paths(self.workdir, run_time)["long"].parent
+        folder.mkdir(parents=True, exist_ok=True)  # the recorder makes it too; the watch needs it now
+        return NewFiles.open(folder)
+
+    def wait_round(self, run_time: datetime, timeout: float = ROUND_TIMEOUT,
+                   watch: NewFiles | None = None) -> tuple[SelectionUpdate, float, float]:
         """The selection for run_time, when the outside client had it, and when the recorder's
         ``select_his/<ts>_long.csv.zip`` appeared (written atomically, so there means written).
 
         Both are waited for in one poll that wakes on either: the client's sockets, and an inotify watch
-        on ``select_his`` that names the file as the recorder renames it into place. Polling for them every
-        millisecond, as this did, cost the bench ~0.1 ms of CPU a wake on a 2-core machine the stack
-        needs both cores of. Without inotify the folder is looked at every millisecond again.
+        on ``select_his`` (``watch``, from ``watch_round`` before the round started; else opened here)
+        that names the file as the recorder renames it into place. Polling for them every millisecond
+        cost the bench ~0.1 ms of CPU a wake on a 2-core machine the stack needs both cores of. Without
+        inotify the folder is looked at every millisecond. The watch is closed here.
         """
         assert self.client is not None, "use BenchStack as a context manager"
         long = history_paths(self.workdir, run_time)["long"]
-        long.parent.mkdir(parents=True, exist_ok=True)  # the recorder makes it too; the watch needs it now
-        watch = NewFiles.open(long.parent)
+        late = watch is None
+        if late:
+            watch = self.watch_round(run_time)
         poller = zmq.Poller()
         for sock in (self.client.sub, self.client.dealer):
             poller.register(sock, zmq.POLLIN)
         if watch is not None:
             poller.register(watch.fd, zmq.POLLIN)
         got: tuple[SelectionUpdate, float] | None = None
-        written: float | None = time.perf_counter() if long.exists() else None  # written before the watch began
+        written: float | None = time.perf_counter() if late and long.exists() else None  # before the watch began
         deadline = time.monotonic() + timeout
         try:
             while got is None or written is None:
