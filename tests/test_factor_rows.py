@@ -27,6 +27,9 @@ from services.factor.compute import (
     frame_layout,
     funding_column,
     newest_row,
+    newest_table,
+    newest_values,
+    plain,
     read_shared_file,
     row_builder,
 )
@@ -176,6 +179,46 @@ def test_newest_row_is_from_pandas_row_whatever_the_plugins_added(sim_tables):
         if name != "label":  # a plugin's text column is a string either way; symbol is large_string as before
             kind = table.schema.field(name).type if name == "close_time" else expected.schema.field(name).type
             assert row.schema.field(name).type == kind, name
+
+
+def _mutated_frames(sim_tables) -> list[tuple[pd.DataFrame, pa.Schema, dict[str, float]]]:
+    """Frames as plugins leave them, in a batch's order: runs that share a layout, and odd ones between."""
+    out = []
+    for i, (symbol, table) in enumerate(list(sim_tables.items())[:12]):
+        df = candle_frame(table, symbol, np.zeros(table.num_rows))
+        df["F_bh_24"] = df["close"].pct_change(24) if i % 5 else np.nan  # an all-NaN value now and then
+        df["label"] = "up" if i != 5 else None  # text; and objects (all None), which are not plain
+        if i in (3, 4):  # text in a number column: no double, so each row says what it holds, alone
+            df["volume"] = "heavy"
+        if i == 5:
+            df["trade_num"] = df["trade_num"] + 0.25  # no longer the file's integers: the row says what it holds
+        if i == 6:
+            df.loc[len(df) - 1, "candle_begin_time"] = pd.NaT
+        if i == 7:
+            df["candle_begin_time"] = df["candle_begin_time"].dt.tz_convert("America/New_York")
+        if i == 8:
+            df["odd"] = pd.Series([{"a": 1}] * len(df), dtype=object)  # not plain: its row is made alone
+        out.append((df, table.schema, {"K": float(i) if i != 2 else np.nan}))
+    return out
+
+
+def test_a_batch_of_rows_is_each_frame_own_row(sim_tables):
+    """``PluginRows.tables`` puts a batch's rows into few tables; joined, they hold exactly what each frame's
+    own ``newest_row`` holds: values, nulls and types, rows that take no common type included."""
+    frames = _mutated_frames(sim_tables)
+    parts = [newest_values(df, schema, extra) for df, schema, extra in frames]
+    parts = [p if plain(p) else newest_table([p]) for p in parts]
+    assert not plain(newest_values(*frames[8][:2]))
+    tables = PluginRows.tables(parts, [str(df["symbol"].iat[-1]) for df, _, _ in frames])
+    assert [t.num_rows for t in tables] == [3, 2, 1, 1, 1, 1, 3]  # runs of one layout: 0-2, 3-4, 9-11
+    alone = [newest_row(df, schema, extra) for df, schema, extra in frames]
+    join = lambda ts: pa.concat_tables(ts, promote_options="permissive")  # noqa: E731
+    for batched, expected in ((join([tables[0], *tables[2:]]), join([*alone[:3], *alone[5:]])),
+                              (tables[1], join(alone[3:5]))):
+        assert batched.schema == expected.schema
+        assert batched.to_pylist() == expected.to_pylist()
+    assert tables[1]["volume"].type == pa.string()  # not the file's double: text, as each row alone says
+    assert tables[0]["trade_num"].type == pa.int64() and tables[2]["trade_num"].type == pa.float64()
 
 
 # -- plugins and kernels ----------------------------------------------------------------------------------

@@ -10,14 +10,15 @@ Two ways to compute the row, chosen once per worker:
 Both return the same one-row Arrow table: the newest candle's columns, then
 ``symbol``, then the factor and filter columns. A batch (``pool.compute_rows``)
 takes each symbol's ``part`` under its own guard, then the builder's ``tables``
-for all of them: the kernel path puts the rows together at once (one concat, one
-array per added column) instead of a one-row table per symbol. The backtest's
+for all of them: both paths put the rows together at once (one array per column
+for a run of rows of one layout) instead of a one-row table per symbol. The backtest's
 exact path runs the plugin path's own steps on each hour's file
 (``PluginRows.window_values``).
 
 The plugins' own pandas calls are the cost users choose; what the path adds is
 kept small: the frame is laid out from the Arrow columns directly
-(``FrameLayout``, once per schema) and the newest row is read block by block.
+(``FrameLayout``, once per schema) and the newest row is read block by block
+(``newest_values``), as numbers until the batch's rows become one table.
 
 Funding events the market sent with the candles become a ``funding_rate``
 column (``funding_column``) that plugins and kernels read (replacing a column
@@ -33,11 +34,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pandas.arrays import DatetimeArray
 
 from services.factor.kernels import FUNDING_RATE, Kernel, kernel_for, kernel_inputs
 from shared.bmac import BadCandles, check_candle_table, max_file_bytes, read_candle_table
@@ -178,11 +180,12 @@ class FrameLayout:
             if dtype == np.float64:
                 block[self.funding_row] = funding_rate
             out.append((block, places))
-        for i, dtype in self.times:  # as Arrow's to_pandas builds a zoned column: int64 epoch values, zoned dtype
+        for i, dtype in self.times:  # as Arrow's to_pandas builds a zoned column: epoch values, zoned dtype
             column = table.column(i)
             if column.null_count:
                 return None
-            out.append((pd.array(column.to_numpy().view(np.int64), dtype=dtype, copy=True), np.array([i])))
+            epochs = column.to_numpy().view(f"M8[{dtype.unit}]").copy()
+            out.append((DatetimeArray._simple_new(epochs, dtype=dtype), np.array([i])))  # pd.array checks: 13 us
         out.append((_symbol_column(symbol, rows).copy(), np.array([self.symbol_at])))
         return out
 
@@ -247,16 +250,6 @@ def _file_types(schema: pa.Schema) -> dict[str, pa.DataType]:
     return dict(zip(schema.names, schema.types, strict=True))
 
 
-def _newest_epoch(values: Any, k: int, kind: pa.DataType | None) -> np.ndarray | None:
-    """A zoned time column's newest value as int64 epoch in the file's unit; None if the column is anything
-    else or the value is NaT (which must become null)."""
-    if not (isinstance(values, pd.arrays.DatetimeArray) and kind is not None and pa.types.is_timestamp(kind)
-            and values.unit == kind.unit):
-        return None
-    epoch = values.asi8[k, -1:] if values.ndim == 2 else values.asi8[-1:]
-    return None if epoch[0] == _NAT else epoch
-
-
 def _cast_or_keep(value: pa.Array, kind: pa.DataType) -> pa.Array:
     """A file column a plugin gave another numeric type: the file's type where the value fits it exactly,
     else the value's own type (2.5 stays 2.5, not a truncated 2)."""
@@ -275,41 +268,110 @@ def _one_value(value: Any, kind: pa.DataType | None) -> pa.Array:
         return pa.array([value], from_pandas=True)  # a plugin changed the column's type: say what it holds
 
 
-def newest_row(df: pd.DataFrame, file_schema: pa.Schema, extra: dict[str, float] | None = None) -> pa.Table:
-    """The frame's last row as a one-row table, as ``pa.Table.from_pandas`` gives it (NaN becomes null) but
-    ~10x cheaper: the file's columns keep the file's types, ``symbol`` is a large string, and the plugins'
-    columns take the type of their value. ``extra``: columns set after the frame (by kernels), in order.
-    ``funding_rate`` is the plugins' input, not published.
+class NewestValues(NamedTuple):
+    """A frame's last row, block by block as pandas stores it (``df._mgr``, as ``DataFrame.iloc`` reads a row),
+    before it becomes Arrow: the rows of many frames with one ``key`` become one table together."""
 
-    The values are read block by block (pandas' storage, ``df._mgr``, as ``DataFrame.iloc`` reads a row): one Arrow
-    array per numeric block, sliced per column, instead of a Python object and an Arrow array per column.
-    """
-    names = [str(n) for n in df.columns]
+    key: tuple  # the file's schema, the frame's column names, each block's (dtype, places), the extra names
+    blocks: list[Any]  # per block: numbers, its last values (1-D array); zoned times, int64 epochs; else values
+    extra: list[Any]
+
+
+def newest_values(df: pd.DataFrame, file_schema: pa.Schema, extra: dict[str, float] | None = None) -> NewestValues:
+    """The frame's last row as ``newest_table`` reads it; ``extra``: columns set after the frame (by kernels)."""
+    layout, blocks = [], []
+    for block in df._mgr.blocks:
+        values, places = block.values, tuple(block.mgr_locs.as_array.tolist())
+        layout.append((values.dtype, places))
+        if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+            blocks.append(values[:, -1].copy())
+        elif isinstance(values, pd.arrays.DatetimeArray):  # epochs: no Timestamp object (~10 us)
+            epochs = values.asi8
+            blocks.append(epochs[:, -1].tolist() if values.ndim == 2 else [int(epochs[-1])])
+        else:
+            blocks.append([values[-1]] if values.ndim == 1 else [values[k, -1] for k in range(len(places))])
+    extra = extra or {}
+    return NewestValues((file_schema, tuple(str(n) for n in df.columns), tuple(layout), tuple(extra)), blocks,
+                        list(extra.values()))
+
+
+def plain(values: NewestValues) -> bool:
+    """Only numbers, times and text: rows that ``newest_table`` converts many at a time without a failure of
+    one row's own (anything else goes through ``newest_row`` alone, under that symbol's guard)."""
+    return all(isinstance(dtype, (np.dtype, pd.DatetimeTZDtype, pd.StringDtype))
+               and (dtype.kind in "fiubM" or isinstance(dtype, (pd.DatetimeTZDtype, pd.StringDtype)))
+               for dtype, _ in values.key[2])
+
+
+class _Mixed(Exception):
+    """Rows whose values do not take one Arrow type together: they are converted one at a time."""
+
+
+def _times(epochs: list[int], dtype: Any, kind: pa.DataType | None, one: bool) -> pa.Array:
+    """A time column's newest values, as ``pa.Table.from_pandas`` makes them (NaT is null)."""
+    unit = np.datetime_data(dtype)[0] if isinstance(dtype, np.dtype) else dtype.unit
+    values = np.array(epochs, np.int64)
+    if kind is not None and pa.types.is_timestamp(kind) and kind.unit == unit:
+        nat = values == _NAT
+        return pa.array(values, pa.int64(), mask=nat if nat.any() else None).view(kind)
+    tz = getattr(dtype, "tz", None)
+    return _objects([pd.NaT if e == _NAT else pd.Timestamp(e, unit=unit, tz=tz) for e in epochs], kind, one)
+
+
+def _objects(values: list[Any], kind: pa.DataType | None, one: bool) -> pa.Array:
+    if one:
+        return _one_value(values[0], kind)
+    try:
+        return pa.array([v.item() if isinstance(v, np.generic) else v for v in values], kind, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError):
+        raise _Mixed from None
+
+
+def newest_table(rows: Sequence[NewestValues]) -> pa.Table:
+    """Rows of one ``key`` as one table, each as ``pa.Table.from_pandas`` gives a frame's last row (NaN becomes
+    null) but ~10x cheaper: the file's columns keep the file's types, ``symbol`` is a large string, and the
+    plugins' columns take the type of their value. ``funding_rate`` is the plugins' input, not published.
+
+    Rows whose values take no one type together (a time that one row's file unit holds and another's does
+    not) are converted one at a time, as a lone row is: the table holds what each row holds."""
+    try:
+        return _rows_table(rows, len(rows) == 1)
+    except _Mixed:
+        return pa.concat_tables([_rows_table([row], True) for row in rows], promote_options="permissive")
+
+
+def _rows_table(rows: Sequence[NewestValues], one: bool) -> pa.Table:
+    file_schema, names, layout, extra_names = rows[0].key
     file_types = _file_types(file_schema)
     arrays: list[pa.Array | None] = [None] * len(names)
-    for block in df._mgr.blocks:
-        values, places = block.values, block.mgr_locs.as_array.tolist()
-        if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
-            last = pa.array(values[:, -1], from_pandas=True)
+    for b, (dtype, places) in enumerate(layout):
+        if isinstance(dtype, np.dtype) and dtype.kind in "fiub":
+            last = np.stack([row.blocks[b] for row in rows])
             for k, place in enumerate(places):
-                kind, piece = file_types.get(names[place]), last.slice(k, 1)
-                arrays[place] = piece if kind is None or kind == piece.type else _cast_or_keep(piece, kind)
+                column, kind = pa.array(last[:, k], from_pandas=True), file_types.get(names[place])
+                # the file's type where every value fits it exactly; else the values' own type, which is also
+                # what the rows alone become once joined (an int64 row beside a float64 one joins as float64)
+                arrays[place] = column if kind is None or kind == column.type else _cast_or_keep(column, kind)
             continue
         for k, place in enumerate(places):
             name = names[place]
-            kind = pa.large_string() if name == "symbol" else file_types.get(name, _arrow_type(values.dtype))
-            epoch = _newest_epoch(values, k, kind)
-            if epoch is not None:  # a time in the file's unit as it is stored: no Timestamp object (~10 us)
-                arrays[place] = pa.array(epoch).view(kind)
+            kind = pa.large_string() if name == "symbol" else file_types.get(name, _arrow_type(dtype))
+            values = [row.blocks[b][k] for row in rows]
+            if isinstance(dtype, pd.DatetimeTZDtype) or (isinstance(dtype, np.dtype) and dtype.kind == "M"):
+                arrays[place] = _times(values, dtype, kind, one)
             else:
-                arrays[place] = _one_value(values[-1] if values.ndim == 1 else values[k, -1], kind)
+                arrays[place] = _objects(values, kind, one)
     keep = [i for i, n in enumerate(names) if n != FUNDING_RATE]
     columns, out_names = [arrays[i] for i in keep], [names[i] for i in keep]
-    if extra:
-        values = pa.array(list(extra.values()), pa.float64(), from_pandas=True)
-        columns += [values.slice(k, 1) for k in range(len(extra))]
-        out_names += list(extra)
+    for j, name in enumerate(extra_names):
+        columns.append(pa.array([row.extra[j] for row in rows], pa.float64(), from_pandas=True))
+        out_names.append(name)
     return pa.Table.from_arrays(columns, names=out_names)
+
+
+def newest_row(df: pd.DataFrame, file_schema: pa.Schema, extra: dict[str, float] | None = None) -> pa.Table:
+    """The frame's last row as a one-row table (``newest_table`` of one frame)."""
+    return newest_table([newest_values(df, file_schema, extra)])
 
 
 class PluginRows:
@@ -355,18 +417,35 @@ class PluginRows:
             raise Skipped(Skip(symbol=symbol, reason="error", detail=str(e))) from None
         return df, extra
 
-    def part(self, table: pa.Table, symbol: str, funding: Funding = NO_FUNDING) -> pa.Table:
-        """The symbol's row (``KernelRows.part``'s counterpart: a plugin row is built whole)."""
-        return self(table, symbol, funding)
+    def part(self, table: pa.Table, symbol: str, funding: Funding = NO_FUNDING) -> NewestValues | pa.Table:
+        """The symbol's newest values, which ``tables`` puts together with the batch's others; a frame the
+        plugins left with columns of other kinds becomes its one-row table here, under the symbol's guard."""
+        df, extra = self._frame(table, symbol, funding)
+        values = newest_values(df, table.schema, extra)
+        return values if plain(values) else newest_table([values])
 
     @staticmethod
-    def tables(parts: Sequence[pa.Table], symbols: Sequence[str]) -> list[pa.Table]:
-        """The one-row tables as they are (``KernelRows.tables``' counterpart)."""
-        return list(parts)
+    def tables(parts: Sequence[NewestValues | pa.Table], symbols: Sequence[str]) -> list[pa.Table]:
+        """The rows of ``parts`` (in order) as few tables as their keys allow (``KernelRows.tables``'
+        counterpart): one ``newest_table`` per run of equal keys instead of a table per symbol."""
+        out: list[pa.Table] = []
+        run: list[NewestValues] = []
+        for part in [*parts, None]:
+            if run and not (isinstance(part, NewestValues) and part.key == run[0].key):
+                out.append(newest_table(run))
+                run = []
+            if isinstance(part, NewestValues):
+                run.append(part)
+            elif part is not None:
+                out.append(part)
+        return out
+
+    def _frame(self, table: pa.Table, symbol: str, funding: Funding) -> tuple[pd.DataFrame, dict[str, float]]:
+        return self._apply(candle_frame(table, symbol, funding_column(candle_begin_ms(table), funding,
+                                                                      self.interval_ms)), symbol)
 
     def __call__(self, table: pa.Table, symbol: str, funding: Funding = NO_FUNDING) -> pa.Table:
-        df, extra = self._apply(candle_frame(table, symbol, funding_column(candle_begin_ms(table), funding,
-                                                                           self.interval_ms)), symbol)
+        df, extra = self._frame(table, symbol, funding)
         return newest_row(df, table.schema, extra)
 
     def window_values(self, table: pa.Table, symbol: str, funding: Funding, windows: Iterable[tuple[int, int]],
