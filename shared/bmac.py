@@ -221,9 +221,11 @@ def _check_values(times: np.ndarray, unit: str, tz: str, close: np.ndarray, sour
             raise BadCandles(f"{source}: {int(dup.sum())} duplicate candle_begin_time, "
                              f"first {when(int(np.argmax(dup)))}")
         raise BadCandles(f"{source}: candle_begin_time is not in increasing order")
-    if not (close > 0).all():  # NaN compares False, so NaN is bad too
-        bad = ~(close > 0)
-        raise BadCandles(f"{source}: {int(bad.sum())} close(s) NaN or <= 0, first at {when(int(np.argmax(bad)))}")
+    usable = (close > 0) & (close < np.inf)  # NaN compares False, so NaN is bad too
+    if not usable.all():
+        bad = ~usable
+        raise BadCandles(f"{source}: {int(bad.sum())} close(s) NaN, infinite or <= 0, first at "
+                         f"{when(int(np.argmax(bad)))}")
 
 
 def _check_columns(columns: list[str], source: str) -> None:

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
+from services.backtest.history import clean_candles
 from services.market.sim import SyntheticMarket
-from shared.bmac import funding_events, lot_sizes
+from shared.bmac import BadCandles, check_candle_table, funding_events, lot_sizes
 from tests import reference
 from tests.conftest import write_config
 from tests.strategy_reference import reference_hours
@@ -202,3 +204,19 @@ def test_a_range_outside_the_data_is_one_sentence_and_exit_2(backtest):
     run = subprocess.run([sys.executable, "-m", "alphabus", "backtest", str(workdir), "--data", str(root / "nope")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "no such folder" in run.stderr
+
+
+@pytest.mark.parametrize("close", [0.0, -1.0, np.nan, np.inf, -np.inf, 1e-300, 1e300])
+def test_the_backtest_marks_the_closes_the_live_check_rejects(close):
+    """A file holding such a close is skipped live; the backtest must skip exactly the hours whose file holds it."""
+    df = SyntheticMarket(symbols=1, seed=3, history=40).candles(0)["BTCUSDT"].reset_index(drop=True)
+    df.loc[30, "close"] = close
+    problems: list[str] = []
+    history = clean_candles(df, "BTCUSDT", "Asia/Hong_Kong", problems, {})
+    try:
+        check_candle_table(pa.Table.from_pandas(df, preserve_index=False), "BTCUSDT.fea")
+        rejected = False
+    except BadCandles as e:
+        rejected = "close(s) NaN, infinite or <= 0" in str(e)
+    assert history is not None and rejected == bool(history.bad_close[30]) == (bool(problems))
+    assert rejected == (not (0 < close < np.inf)) and history.bad_close.sum() == int(rejected)

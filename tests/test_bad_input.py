@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import msgpack
+import numpy as np
 import pandas as pd
 import pytest
 import zmq
@@ -42,8 +43,8 @@ def _once(workdir, run_time, timeout=120) -> subprocess.CompletedProcess:
 def test_bad_files_are_named_skipped_and_the_round_completes(tmp_path):
     bmac = BmacDir(tmp_path / "bmac", "1h")
     run_time = write_hour(bmac, SyntheticMarket(symbols=50, seed=8), 0)
-    victims = dict(zip(["corrupt", "truncated", "no_high", "nan_close", "zero_close", "duplicate", "stale",
-                        "no_file"], _mature(bmac, 8), strict=True))
+    victims = dict(zip(["corrupt", "truncated", "no_high", "nan_close", "zero_close", "inf_close", "duplicate",
+                        "stale", "no_file"], _mature(bmac, 9), strict=True))
     # The reference sees the same directory without the victims (the article would crash on most of them).
     clean = BmacDir(tmp_path / "clean", "1h")
     shutil.copytree(bmac.root, clean.root)
@@ -58,6 +59,8 @@ def test_bad_files_are_named_skipped_and_the_round_completes(tmp_path):
              lambda df: df.assign(close=df["close"].where(df.index < len(df) - 1)))
     _rewrite(bmac, victims["zero_close"], run_time,
              lambda df: df.assign(close=df["close"].where(df.index != len(df) - 50, 0.0)))
+    _rewrite(bmac, victims["inf_close"], run_time,
+             lambda df: df.assign(close=df["close"].where(df.index != len(df) - 2, np.inf)))
     _rewrite(bmac, victims["duplicate"], run_time, lambda df: pd.concat([df.iloc[:-1], df.iloc[[-2, -1]]]))
     _rewrite(bmac, victims["stale"], run_time, lambda df: df.iloc[:-1])
     bmac.candle_path(victims["no_file"]).unlink()
@@ -71,7 +74,8 @@ def test_bad_files_are_named_skipped_and_the_round_completes(tmp_path):
     selection = json.loads(history_paths(workdir, run_time)["selection"].read_text())
     skipped = selection["coverage"]["skipped"]
     expected_reason = {"corrupt": "bad_data", "truncated": "bad_data", "no_high": "bad_data",
-                       "nan_close": "bad_data", "zero_close": "bad_data", "duplicate": "bad_data",
+                       "nan_close": "bad_data", "zero_close": "bad_data", "inf_close": "bad_data",
+                       "duplicate": "bad_data",
                        "stale": "stale", "no_file": "no_candles"}
     for kind, symbol in victims.items():
         assert skipped[symbol].startswith(expected_reason[kind]), (kind, skipped[symbol])
@@ -79,7 +83,8 @@ def test_bad_files_are_named_skipped_and_the_round_completes(tmp_path):
     assert "unreadable feather file" in skipped[victims["corrupt"]]
     assert "unreadable feather file" in skipped[victims["truncated"]]
     assert "missing column(s) high" in skipped[victims["no_high"]]
-    assert "NaN or <= 0" in skipped[victims["nan_close"]] and "NaN or <= 0" in skipped[victims["zero_close"]]
+    for kind in ("nan_close", "zero_close", "inf_close"):
+        assert "close(s) NaN, infinite or <= 0" in skipped[victims[kind]], kind
     assert "duplicate candle_begin_time" in skipped[victims["duplicate"]]
     assert "no candle file" in skipped[victims["no_file"]]
     assert str(bmac.candle_path(victims["corrupt"])) in out.stderr

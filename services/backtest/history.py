@@ -9,7 +9,7 @@ Three layouts are read:
   ``funding.fea``) beside them.
 
 Bad input is named and survived: duplicate hours keep the later row, a gap stays a gap (the crawler's
-file would not hold the hour either), a zero or NaN close stays and every hour whose file holds it is
+file would not hold the hour either), a zero, infinite or NaN close stays and every hour whose file holds it is
 skipped as the live factor worker skips it, a symbol with no exchange info is not traded (as live).
 Each problem is one sentence in ``History.problems`` and counted in the stats.
 """
@@ -39,7 +39,7 @@ class SymbolHistory:
     symbol: str
     frame: pd.DataFrame  # the crawler's columns, as its feather file holds them
     begin_ms: np.ndarray  # candle_begin_time, ms since the epoch
-    bad_close: np.ndarray  # close NaN or <= 0
+    bad_close: np.ndarray  # close NaN, infinite or <= 0
 
 
 @dataclass
@@ -104,9 +104,9 @@ def clean_candles(df: pd.DataFrame, symbol: str, tz: str, problems: list[str],
         _note(problems, counts, "missing_hours", f"{symbol}: {hours} missing hour(s) in {int(gaps.sum())} gap(s), "
               f"first after {_stamp(int(ms[np.argmax(gaps)]), tz)}; no round has it then (nor would live)", hours)
     close = pd.to_numeric(df["close"], errors="coerce").to_numpy(np.float64)
-    bad = ~(close > 0)
+    bad = ~((close > 0) & (close < np.inf))  # as the live check (shared.bmac) rejects a file
     if bad.any():
-        _note(problems, counts, "bad_prices", f"{symbol}: {int(bad.sum())} zero or NaN close(s), first at "
+        _note(problems, counts, "bad_prices", f"{symbol}: {int(bad.sum())} zero, infinite or NaN close(s), first at "
               f"{_stamp(int(ms[np.argmax(bad)]), tz)}; every hour whose file holds one skips {symbol} "
               f"(the live check rejects that file)", int(bad.sum()))
     columns = [c for c in CANDLE_COLUMNS if c in df.columns]
