@@ -33,6 +33,7 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import lru_cache
+from itertools import groupby
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -272,9 +273,17 @@ class NewestValues(NamedTuple):
     """A frame's last row, block by block as pandas stores it (``df._mgr``, as ``DataFrame.iloc`` reads a row),
     before it becomes Arrow: the rows of many frames with one ``key`` become one table together."""
 
-    key: tuple  # the file's schema, the frame's column names, each block's (dtype, places), the extra names
+    key: tuple  # the file's schema, the frame's column names, each block's (dtype, kind, places), extra names
     blocks: list[Any]  # per block: numbers, its last values (1-D array); zoned times, int64 epochs; else values
     extra: list[Any]
+
+
+def _block_kind(dtype: Any) -> str:
+    """How a block's last values are kept and converted: ``number`` (numpy numbers and booleans), ``time``
+    (naive or zoned datetimes, kept as int64 epochs), ``text`` (pandas strings) or ``other``."""
+    if isinstance(dtype, np.dtype):
+        return "number" if dtype.kind in "fiub" else "time" if dtype.kind == "M" else "other"
+    return "time" if isinstance(dtype, pd.DatetimeTZDtype) else "text" if isinstance(dtype, pd.StringDtype) else "other"
 
 
 def newest_values(df: pd.DataFrame, file_schema: pa.Schema, extra: dict[str, float] | None = None) -> NewestValues:
@@ -282,10 +291,11 @@ def newest_values(df: pd.DataFrame, file_schema: pa.Schema, extra: dict[str, flo
     layout, blocks = [], []
     for block in df._mgr.blocks:
         values, places = block.values, tuple(block.mgr_locs.as_array.tolist())
-        layout.append((values.dtype, places))
-        if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        kind = _block_kind(values.dtype)
+        layout.append((values.dtype, kind, places))
+        if kind == "number":
             blocks.append(values[:, -1].copy())
-        elif isinstance(values, pd.arrays.DatetimeArray):  # epochs: no Timestamp object (~10 us)
+        elif kind == "time":  # epochs: no Timestamp object (~10 us)
             epochs = values.asi8
             blocks.append(epochs[:, -1].tolist() if values.ndim == 2 else [int(epochs[-1])])
         else:
@@ -298,9 +308,7 @@ def newest_values(df: pd.DataFrame, file_schema: pa.Schema, extra: dict[str, flo
 def plain(values: NewestValues) -> bool:
     """Only numbers, times and text: rows that ``newest_table`` converts many at a time without a failure of
     one row's own (anything else goes through ``newest_row`` alone, under that symbol's guard)."""
-    return all(isinstance(dtype, (np.dtype, pd.DatetimeTZDtype, pd.StringDtype))
-               and (dtype.kind in "fiubM" or isinstance(dtype, (pd.DatetimeTZDtype, pd.StringDtype)))
-               for dtype, _ in values.key[2])
+    return all(kind != "other" for _, kind, _ in values.key[2])
 
 
 class _Mixed(Exception):
@@ -344,11 +352,12 @@ def _rows_table(rows: Sequence[NewestValues], one: bool) -> pa.Table:
     file_schema, names, layout, extra_names = rows[0].key
     file_types = _file_types(file_schema)
     arrays: list[pa.Array | None] = [None] * len(names)
-    for b, (dtype, places) in enumerate(layout):
-        if isinstance(dtype, np.dtype) and dtype.kind in "fiub":
-            last = np.stack([row.blocks[b] for row in rows])
+    for b, (dtype, block_kind, places) in enumerate(layout):
+        if block_kind == "number":
+            n = len(rows)  # one array for the block (its columns one after another), sliced: ~1 us a column
+            last = pa.array(np.array([row.blocks[b] for row in rows]).ravel(order="F"), from_pandas=True)
             for k, place in enumerate(places):
-                column, kind = pa.array(last[:, k], from_pandas=True), file_types.get(names[place])
+                column, kind = last.slice(k * n, n), file_types.get(names[place])
                 # the file's type where every value fits it exactly; else the values' own type, which is also
                 # what the rows alone become once joined (an int64 row beside a float64 one joins as float64)
                 arrays[place] = column if kind is None or kind == column.type else _cast_or_keep(column, kind)
@@ -357,15 +366,17 @@ def _rows_table(rows: Sequence[NewestValues], one: bool) -> pa.Table:
             name = names[place]
             kind = pa.large_string() if name == "symbol" else file_types.get(name, _arrow_type(dtype))
             values = [row.blocks[b][k] for row in rows]
-            if isinstance(dtype, pd.DatetimeTZDtype) or (isinstance(dtype, np.dtype) and dtype.kind == "M"):
+            if block_kind == "time":
                 arrays[place] = _times(values, dtype, kind, one)
             else:
                 arrays[place] = _objects(values, kind, one)
     keep = [i for i, n in enumerate(names) if n != FUNDING_RATE]
     columns, out_names = [arrays[i] for i in keep], [names[i] for i in keep]
-    for j, name in enumerate(extra_names):
-        columns.append(pa.array([row.extra[j] for row in rows], pa.float64(), from_pandas=True))
-        out_names.append(name)
+    if extra_names:
+        extra = pa.array([value for j in range(len(extra_names)) for value in (row.extra[j] for row in rows)],
+                         pa.float64(), from_pandas=True)
+        columns += [extra.slice(j * len(rows), len(rows)) for j in range(len(extra_names))]
+        out_names += extra_names
     return pa.Table.from_arrays(columns, names=out_names)
 
 
@@ -429,15 +440,9 @@ class PluginRows:
         """The rows of ``parts`` (in order) as few tables as their keys allow (``KernelRows.tables``'
         counterpart): one ``newest_table`` per run of equal keys instead of a table per symbol."""
         out: list[pa.Table] = []
-        run: list[NewestValues] = []
-        for part in [*parts, None]:
-            if run and not (isinstance(part, NewestValues) and part.key == run[0].key):
-                out.append(newest_table(run))
-                run = []
-            if isinstance(part, NewestValues):
-                run.append(part)
-            elif part is not None:
-                out.append(part)
+        for _, run in groupby(parts, key=lambda part: part.key if isinstance(part, NewestValues) else id(part)):
+            rows = list(run)
+            out += rows if isinstance(rows[0], pa.Table) else [newest_table(rows)]
         return out
 
     def _frame(self, table: pa.Table, symbol: str, funding: Funding) -> tuple[pd.DataFrame, dict[str, float]]:
