@@ -207,6 +207,12 @@ def read_candle_table(data: bytes | memoryview | pa.Buffer, source: str) -> pa.T
         raise BadCandles(f"{source}: unreadable feather file ({type(e).__name__}: {e})") from None
 
 
+def bad_closes(close: np.ndarray) -> np.ndarray:
+    """True where a close is not a positive finite number (NaN compares False, so NaN is bad too): a file
+    holding one is refused by the live check, and the backtest skips the same hours."""
+    return ~((close > 0) & (close < np.inf))
+
+
 def _check_values(times: np.ndarray, unit: str, tz: str, close: np.ndarray, source: str) -> None:
     """times: int64 in ``unit`` since the epoch; close: float64."""
     def when(i: int) -> pd.Timestamp:
@@ -221,9 +227,8 @@ def _check_values(times: np.ndarray, unit: str, tz: str, close: np.ndarray, sour
             raise BadCandles(f"{source}: {int(dup.sum())} duplicate candle_begin_time, "
                              f"first {when(int(np.argmax(dup)))}")
         raise BadCandles(f"{source}: candle_begin_time is not in increasing order")
-    usable = (close > 0) & (close < np.inf)  # NaN compares False, so NaN is bad too
-    if not usable.all():
-        bad = ~usable
+    bad = bad_closes(close)
+    if bad.any():
         raise BadCandles(f"{source}: {int(bad.sum())} close(s) NaN, infinite or <= 0, first at "
                          f"{when(int(np.argmax(bad)))}")
 

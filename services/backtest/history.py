@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.bmac import CANDLE_COLUMNS, REQUIRED_CANDLE_COLUMNS, BmacDir, FundingEvents, clean_exginfo, funding_events
+from shared.bmac import (
+    CANDLE_COLUMNS,
+    REQUIRED_CANDLE_COLUMNS,
+    BmacDir,
+    FundingEvents,
+    bad_closes,
+    clean_exginfo,
+    funding_events,
+)
 from shared.errors import UserMistake
 
 HOUR_MS = 3_600_000
@@ -104,7 +112,7 @@ def clean_candles(df: pd.DataFrame, symbol: str, tz: str, problems: list[str],
         _note(problems, counts, "missing_hours", f"{symbol}: {hours} missing hour(s) in {int(gaps.sum())} gap(s), "
               f"first after {_stamp(int(ms[np.argmax(gaps)]), tz)}; no round has it then (nor would live)", hours)
     close = pd.to_numeric(df["close"], errors="coerce").to_numpy(np.float64)
-    bad = ~((close > 0) & (close < np.inf))  # as the live check (shared.bmac) rejects a file
+    bad = bad_closes(close)
     if bad.any():
         _note(problems, counts, "bad_prices", f"{symbol}: {int(bad.sum())} zero, infinite or NaN close(s), first at "
               f"{_stamp(int(ms[np.argmax(bad)]), tz)}; every hour whose file holds one skips {symbol} "
