@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,12 +81,12 @@ class Feed:
         self.next_k += 1
         return _Hour(k, self.market.run_time(k), self.market.run_time(k - 1) if k > 0 else None)
 
-    def _write_candles(self, hour: _Hour, order: Callable[[list[str]], list[str]], marked: bool) -> list[str]:
-        """Generate and write the hour's candle files (with their markers when ``marked``), in ``order`` of the
-        symbols; returns that order. The frames are freed here, before the round starts: freeing 2000 of them
-        takes the bench process 10-40 ms, which it must not spend while it waits for the round's files."""
+    def _write_candles(self, hour: _Hour, marked: bool) -> list[str]:
+        """Generate and write the hour's candle files (with their markers when ``marked``); returns their
+        symbols, sorted. The frames are freed here, before the round starts: freeing 2000 of them takes the
+        bench process 10-40 ms, which it must not spend while it waits for the round's files."""
         frames = self.market.candles(hour.k)
-        symbols = order(sorted(frames))
+        symbols = sorted(frames)
         for symbol in symbols:
             self.bmac.write_candles(symbol, frames[symbol], hour.run_time if marked else None, hour.previous)
         return symbols
@@ -101,18 +101,15 @@ class Feed:
     def burst(self) -> Started:
         """Every candle file and marker present when the round starts."""
         hour = self._advance()
-        order = self._write_candles(hour, lambda symbols: symbols, marked=True)
+        order = self._write_candles(hour, marked=True)
         last_ready = time.perf_counter()
         return Started(hour.run_time, self._start_round(hour), last_ready, tuple(order))
 
     def live(self) -> Started:
         """The round starts, then the candle markers appear in a seeded random order over spread_sec."""
         hour = self._advance()
-        def shuffled(symbols: list[str]) -> list[str]:
-            random.Random(self.seed * 1_000_003 + hour.k).shuffle(symbols)
-            return symbols
-
-        order = self._write_candles(hour, shuffled, marked=False)
+        order = self._write_candles(hour, marked=False)  # unmarked: the order they are written in does not show
+        random.Random(self.seed * 1_000_003 + hour.k).shuffle(order)
         started = self._start_round(hour)
         last_ready = mark_spread(self.bmac, hour.run_time, order, started, self.spread_sec)
         return Started(hour.run_time, started, last_ready, tuple(order))
